@@ -1,0 +1,40 @@
+# lvs-operator: every entry point a person or CI uses.
+# `make demo` installs everything and runs the main job; `make test` runs every test tier.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export LVS_CACHE ?= $(HOME)/.cache/lvs-operator
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: venv lint unit test demo bench-compile clean
+
+$(STAMP): pyproject.toml
+	@echo ">> creating the Python environment in $(VENV) (pip cache makes repeat runs fast)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+# All tiers, with a per-tier summary at the end (tests/run_tiers.py).
+test: $(STAMP)
+	$(PY) tests/run_tiers.py
+
+demo: $(STAMP)
+	$(PY) -m lvs_operator.cli.lvsctl plan -f examples/ --format ipvsadm
+
+bench-compile: $(STAMP)
+	$(PY) bench/compile_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
