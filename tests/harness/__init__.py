@@ -1,0 +1,1 @@
+"""Test infrastructure: the qemu VM (vm tier) and the local control plane (cluster tier)."""
