@@ -1,0 +1,396 @@
+"""The incremental compiler: cluster objects in, one plan per node out.
+
+It keeps the objects it was given, indexes which VirtualServices depend on which Service,
+namespace (RealServer selectors) and Node, and recompiles only the fragments an event can
+affect. Node plans are assembled from fragments, so a change to one backend touches one
+fragment and the plans of that fragment's nodes. A full compile is the same engine fed every
+object, so the incremental and the batch result cannot disagree.
+
+Conflicts (two VirtualServices claiming one VIP:port/protocol, or one firewall mark) go to
+the older object (creationTimestamp, then namespace/name); the younger one is not programmed
+and carries an Error naming the winner. Nothing else is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from ..api.objects import (
+    ClusterObject,
+    EndpointSlice,
+    Node,
+    ObjectRef,
+    RealServer,
+    Service,
+    VirtualService,
+)
+from .fragment import Fragment, Issue, compile_virtual_service
+from .plan import (
+    BackendPlan,
+    DirectorPlan,
+    IPSetPlan,
+    IPVSService,
+    LoopbackVIP,
+    MarkRule,
+    NodePlan,
+    SNATRule,
+    Sysctl,
+    TunnelDevice,
+    VIPAddress,
+)
+
+__all__ = ["CompileResult", "Compiler", "compile_cluster"]
+
+
+@dataclass(frozen=True, slots=True)
+class CompileResult:
+    plans: Mapping[str, NodePlan]
+    issues: Mapping[ObjectRef, tuple[Issue, ...]]
+
+    def all_issues(self) -> Iterator[Issue]:
+        for ref in sorted(self.issues):
+            yield from self.issues[ref]
+
+
+class Compiler:
+    """Incremental compiler. Feed it objects with `upsert`/`delete`, read `plan(node)`."""
+
+    def __init__(self, agent_nodes: Iterable[str] | None = None) -> None:
+        # None: every Node has an agent (offline use); otherwise only the named nodes do.
+        self._agent_filter = None if agent_nodes is None else frozenset(agent_nodes)
+        self._vs: dict[ObjectRef, VirtualService] = {}
+        self._rs_by_ns: dict[str, dict[str, RealServer]] = defaultdict(dict)
+        self._services: dict[tuple[str, str], Service] = {}
+        self._slices: dict[tuple[str, str], dict[str, EndpointSlice]] = defaultdict(dict)
+        self._slice_service: dict[ObjectRef, tuple[str, str]] = {}
+        self._nodes: dict[str, Node] = {}
+        # dependency indexes
+        self._vs_by_service: dict[tuple[str, str], set[ObjectRef]] = defaultdict(set)
+        self._vs_with_selector: dict[str, set[ObjectRef]] = defaultdict(set)
+        # compiled state
+        self._fragments: dict[ObjectRef, Fragment] = {}
+        self._claims: dict[tuple[object, ...], set[ObjectRef]] = defaultdict(set)
+        self._active: set[ObjectRef] = set()
+        self._node_parts: dict[str, dict[ObjectRef, Fragment]] = defaultdict(dict)
+        self._plans: dict[str, NodePlan] = {}
+        self._dirty_vs: set[ObjectRef] = set()
+        self._dirty_nodes: set[str] = set()
+        self._changed_nodes: set[str] = set()
+
+    # ----------------------------------------------------------------- ClusterView protocol
+
+    def agent_nodes(self) -> Iterable[Node]:
+        return (n for name, n in self._nodes.items() if self.has_agent(name))
+
+    def has_agent(self, node: str) -> bool:
+        if node not in self._nodes:
+            return False
+        return self._agent_filter is None or node in self._agent_filter
+
+    def real_servers(self, namespace: str) -> Iterable[RealServer]:
+        return self._rs_by_ns.get(namespace, {}).values()
+
+    def service(self, namespace: str, name: str) -> Service | None:
+        return self._services.get((namespace, name))
+
+    def endpoint_slices(self, namespace: str, service: str) -> Iterable[EndpointSlice]:
+        return self._slices.get((namespace, service), {}).values()
+
+    # ----------------------------------------------------------------- input
+
+    def upsert(self, obj: ClusterObject) -> None:
+        ref = obj.ref
+        if isinstance(obj, VirtualService):
+            self._forget_vs_indexes(ref)
+            self._vs[ref] = obj
+            if obj.spec.backends.service is not None:
+                self._vs_by_service[(ref.namespace, obj.spec.backends.service.name)].add(ref)
+            if obj.spec.backends.real_server_selector is not None:
+                self._vs_with_selector[ref.namespace].add(ref)
+            self._dirty_vs.add(ref)
+        elif isinstance(obj, RealServer):
+            old = self._rs_by_ns[ref.namespace].get(ref.name)
+            self._rs_by_ns[ref.namespace][ref.name] = obj
+            self._touch_real_server(ref.namespace, old, obj)
+        elif isinstance(obj, Service):
+            self._services[(ref.namespace, ref.name)] = obj
+            self._dirty_vs |= self._vs_by_service.get((ref.namespace, ref.name), set())
+        elif isinstance(obj, EndpointSlice):
+            key = (ref.namespace, obj.service_name)
+            old_key = self._slice_service.get(ref)
+            if old_key is not None and old_key != key:
+                self._slices[old_key].pop(ref.name, None)
+                self._dirty_vs |= self._vs_by_service.get(old_key, set())
+            self._slices[key][ref.name] = obj
+            self._slice_service[ref] = key
+            self._dirty_vs |= self._vs_by_service.get(key, set())
+        elif isinstance(obj, Node):
+            self._nodes[ref.name] = obj
+            self._dirty_nodes.add(ref.name)
+            self._dirty_vs |= set(self._vs)  # director selection and backend agents may change
+
+    def delete(self, ref: ObjectRef) -> None:
+        if ref.kind == "VirtualService":
+            self._forget_vs_indexes(ref)
+            if self._vs.pop(ref, None) is not None:
+                self._dirty_vs.add(ref)
+        elif ref.kind == "RealServer":
+            old = self._rs_by_ns.get(ref.namespace, {}).pop(ref.name, None)
+            if old is not None:
+                self._touch_real_server(ref.namespace, old, None)
+        elif ref.kind == "Service":
+            if self._services.pop((ref.namespace, ref.name), None) is not None:
+                self._dirty_vs |= self._vs_by_service.get((ref.namespace, ref.name), set())
+        elif ref.kind == "EndpointSlice":
+            key = self._slice_service.pop(ref, None)
+            if key is not None:
+                self._slices[key].pop(ref.name, None)
+                self._dirty_vs |= self._vs_by_service.get(key, set())
+        elif ref.kind == "Node":
+            if self._nodes.pop(ref.name, None) is not None:
+                self._dirty_nodes.add(ref.name)
+                self._dirty_vs |= set(self._vs)
+
+    def set_agent_nodes(self, agent_nodes: Iterable[str] | None) -> None:
+        new = None if agent_nodes is None else frozenset(agent_nodes)
+        if new != self._agent_filter:
+            self._agent_filter = new
+            self._dirty_nodes |= set(self._nodes) | set(self._plans)
+            self._dirty_vs |= set(self._vs)
+
+    def _forget_vs_indexes(self, ref: ObjectRef) -> None:
+        old = self._vs.get(ref)
+        if old is None:
+            return
+        if old.spec.backends.service is not None:
+            self._vs_by_service[(ref.namespace, old.spec.backends.service.name)].discard(ref)
+        self._vs_with_selector[ref.namespace].discard(ref)
+
+    def _touch_real_server(self, ns: str, old: RealServer | None, new: RealServer | None) -> None:
+        for vs_ref in self._vs_with_selector.get(ns, ()):
+            selector = self._vs[vs_ref].spec.backends.real_server_selector
+            if selector is None:
+                continue
+            if any(rs is not None and selector.matches(dict(rs.labels)) for rs in (old, new)):
+                self._dirty_vs.add(vs_ref)
+
+    # ----------------------------------------------------------------- compile
+
+    def _flush(self) -> None:
+        if not self._dirty_vs and not self._dirty_nodes:
+            return
+        touched_keys: set[tuple[object, ...]] = set()
+        changed: set[ObjectRef] = set()
+        for ref in self._dirty_vs:
+            old = self._fragments.pop(ref, None)
+            if old is not None:
+                for key in old.claims:
+                    self._claims[key].discard(ref)
+                touched_keys.update(old.claims)
+                self._detach(old)
+            vs = self._vs.get(ref)
+            if vs is None:
+                self._active.discard(ref)
+                changed.add(ref)
+                continue
+            frag = compile_virtual_service(vs, self)
+            self._fragments[ref] = frag
+            if frag.ok:
+                for key in frag.claims:
+                    self._claims[key].add(ref)
+            touched_keys.update(frag.claims)
+            changed.add(ref)
+        self._dirty_vs = set()
+        # Re-decide conflicts for every VirtualService that shares a touched claim.
+        contenders = set(changed)
+        for key in touched_keys:
+            contenders |= self._claims.get(key, set())
+        for ref in contenders:
+            frag = self._fragments.get(ref)
+            was_active = ref in self._active
+            now_active = frag is not None and frag.ok and all(
+                self._winner(key) == ref for key in frag.claims
+            )
+            if now_active:
+                self._active.add(ref)
+            else:
+                self._active.discard(ref)
+            if frag is not None and (ref in changed or was_active != now_active):
+                self._detach(frag)
+                if now_active:
+                    self._attach(frag)
+        for node in self._dirty_nodes:
+            self._plans.pop(node, None)
+            self._changed_nodes.add(node)
+        self._dirty_nodes = set()
+
+    def _winner(self, key: tuple[object, ...]) -> ObjectRef | None:
+        holders = self._claims.get(key)
+        if not holders:
+            return None
+        return min(holders, key=lambda r: self._fragments[r].order)
+
+    def _attach(self, frag: Fragment) -> None:
+        for node in frag.nodes:
+            self._node_parts[node][frag.ref] = frag
+            self._plans.pop(node, None)
+            self._changed_nodes.add(node)
+
+    def _detach(self, frag: Fragment) -> None:
+        for node in frag.nodes:
+            parts = self._node_parts.get(node)
+            if parts is not None and parts.pop(frag.ref, None) is not None:
+                self._plans.pop(node, None)
+                self._changed_nodes.add(node)
+
+    # ----------------------------------------------------------------- output
+
+    def nodes(self) -> list[str]:
+        """Every node that gets a plan: nodes with an agent, plus any a plan still names."""
+        self._flush()
+        names = {n for n in self._nodes if self.has_agent(n)}
+        return sorted(names)
+
+    def plan(self, node: str) -> NodePlan:
+        self._flush()
+        cached = self._plans.get(node)
+        if cached is None:
+            cached = _assemble(node, self._node_parts.get(node, {}))
+            self._plans[node] = cached
+        return cached
+
+    def plans(self) -> dict[str, NodePlan]:
+        return {node: self.plan(node) for node in self.nodes()}
+
+    def take_changed_nodes(self) -> set[str]:
+        """Nodes whose plan may have changed since the last call (for publishing)."""
+        self._flush()
+        out, self._changed_nodes = self._changed_nodes, set()
+        return out
+
+    def fragment(self, ref: ObjectRef) -> Fragment | None:
+        self._flush()
+        return self._fragments.get(ref)
+
+    def issues(self) -> dict[ObjectRef, tuple[Issue, ...]]:
+        """Every issue, attached to the object it concerns (VirtualService or RealServer)."""
+        self._flush()
+        found: dict[ObjectRef, list[Issue]] = defaultdict(list)
+        for ref in sorted(self._fragments):
+            frag = self._fragments[ref]
+            for issue in frag.issues:
+                found[issue.ref].append(issue)
+            if frag.ok and ref not in self._active:
+                for key in frag.claims:
+                    winner = self._winner(key)
+                    if winner is not None and winner != ref:
+                        found[ref].append(_conflict(frag, key, winner))
+                        found[winner].append(Issue(
+                            winner, "ConflictRejected",
+                            f"{ref} also claims {_describe(key)}; it was rejected because this "
+                            "object is older", frag.claim_fields.get(key, ""), "Warning"))
+        return {ref: tuple(dict.fromkeys(v)) for ref, v in sorted(found.items())}
+
+    def is_active(self, ref: ObjectRef) -> bool:
+        self._flush()
+        return ref in self._active
+
+    def result(self) -> CompileResult:
+        return CompileResult(plans=self.plans(), issues=self.issues())
+
+
+def _describe(key: tuple[object, ...]) -> str:
+    if key[0] == "mark":
+        return f"firewall mark {key[1]}"
+    _, family, proto, addr, port = key
+    host = f"[{addr}]" if family == 6 else addr
+    return f"{host}:{port}/{str(proto).upper()}"
+
+
+def _conflict(frag: Fragment, key: tuple[object, ...], winner: ObjectRef) -> Issue:
+    what = "Mark" if key[0] == "mark" else "Port"
+    return Issue(
+        frag.ref, f"{what}Conflict",
+        f"{_describe(key)} is already used by {winner} (older); this VirtualService is not "
+        "programmed until the conflict is resolved: change its address, port or mark",
+        frag.claim_fields.get(key, ""))
+
+
+def _assemble(node: str, parts: Mapping[ObjectRef, Fragment]) -> NodePlan:
+    """Merge the fragments that concern one node into its plan, in canonical order."""
+    services: list[IPVSService] = []
+    vips: dict[str, VIPAddress] = {}
+    ipsets: list[IPSetPlan] = []
+    marks: list[MarkRule] = []
+    snats: list[SNATRule] = []
+    director_sysctls: dict[str, str] = {}
+    lo_vips: dict[tuple[str, str], LoopbackVIP] = {}
+    tunnels: dict[str, TunnelDevice] = {}
+    backend_sysctls: dict[str, str] = {}
+    for ref in sorted(parts):
+        frag = parts[ref]
+        if node in frag.directors:
+            services.extend(frag.services)
+            if frag.vip is not None:
+                prior = vips.get(frag.vip.address)
+                if prior is None:
+                    vips[frag.vip.address] = frag.vip
+                else:
+                    vips[frag.vip.address] = prior._replace(
+                        owners=tuple(sorted(set(prior.owners) | set(frag.vip.owners))))
+            ipsets.extend(frag.ipsets)
+            marks.extend(frag.mark_rules)
+            snats.extend(frag.snat_rules)
+            for s in frag.sysctls:
+                director_sysctls[s.key] = max(director_sysctls.get(s.key, s.value), s.value)
+        part = frag.backend_parts.get(node)
+        if part is not None:
+            for v in part.vips:
+                prior_v = lo_vips.get(v.key)
+                lo_vips[v.key] = v if prior_v is None else prior_v._replace(
+                    owners=tuple(sorted(set(prior_v.owners) | set(v.owners))))
+            for t in part.tunnels:
+                tunnels.setdefault(t.name, t)
+            for s in part.sysctls:
+                backend_sysctls[s.key] = s.value
+    services.sort(key=_service_order)
+    director = DirectorPlan(
+        services=tuple(services),
+        vips=tuple(sorted(vips.values(), key=lambda v: _addr_order(v.address))),
+        ipsets=tuple(sorted(ipsets, key=lambda s: s.name)),
+        mark_rules=tuple(sorted(marks, key=lambda m: (m.family, m.mark))),
+        snat_rules=tuple(sorted(snats, key=lambda r: r.key)),
+        sysctls=tuple(Sysctl(k, v) for k, v in sorted(director_sysctls.items())),
+    )
+    backend = BackendPlan(
+        vips=tuple(sorted(lo_vips.values(), key=lambda v: (v.device, _addr_order(v.address)))),
+        tunnels=tuple(sorted(tunnels.values(), key=lambda t: t.name)),
+        sysctls=tuple(Sysctl(k, v) for k, v in sorted(backend_sysctls.items())),
+    )
+    return NodePlan(node, director, backend)
+
+
+def _addr_order(address: str) -> tuple[int, int]:
+    from .fragment import canonical_ip
+
+    canon = canonical_ip(address)
+    return (canon[1], canon[2]) if canon else (0, 0)
+
+
+def _service_order(s: IPVSService) -> tuple[int, int, int, int, int]:
+    """ipvsadm's order: fwmark, then family, protocol number, address, port."""
+    proto = {"tcp": 6, "udp": 17, "sctp": 132, "": 0}[s.key.protocol]
+    fam, value = _addr_order(s.key.address) if s.key.address else (s.key.family, 0)
+    return (s.key.fwmark, 2 if fam == 4 else 10, proto, value, s.key.port)
+
+
+def compile_cluster(
+    objects: Iterable[ClusterObject], agent_nodes: Iterable[str] | None = None
+) -> CompileResult:
+    """Batch entry point: every object in, every node plan and issue out."""
+    compiler = Compiler(agent_nodes)
+    for obj in objects:
+        compiler.upsert(obj)
+    return compiler.result()

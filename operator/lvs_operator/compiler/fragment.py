@@ -1,0 +1,588 @@
+"""LVS semantics for one VirtualService: what it asks of each node, and what is wrong with it.
+
+`compile_virtual_service` is pure: the VirtualService plus read-only lookups into the rest of
+the cluster in, a `Fragment` out. Fragments from many VirtualServices are merged into node
+plans by `Compiler` (incrementally) — so changing one backend recompiles one fragment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..api.objects import EndpointSlice, Node, ObjectRef, RealServer, Service, VirtualService
+from ..api.types import (
+    ForwardingMethod,
+    PortSpec,
+    RealServerState,
+    TunnelChecksum,
+    TunnelType,
+    VirtualServiceSpec,
+)
+from .plan import (
+    FORWARD_MASQ,
+    FORWARD_ROUTE,
+    FORWARD_TUNNEL,
+    Destination,
+    IPSetPlan,
+    IPVSService,
+    LoopbackVIP,
+    MarkRule,
+    ServiceKey,
+    SNATRule,
+    Sysctl,
+    TunnelDevice,
+    VIPAddress,
+)
+
+__all__ = [
+    "BackendPart",
+    "ClusterView",
+    "Fragment",
+    "Issue",
+    "canonical_ip",
+    "compile_virtual_service",
+]
+
+# Kernel flag bit order (IP_VS_SVC_F_SCHED1/2): ipvsadm prints them in this order.
+_FLAG_ORDER = {"sh-fallback": 1, "sh-port": 2, "mh-fallback": 1, "mh-port": 2}
+_PROTO = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """Something wrong (Error: not programmed) or worth knowing (Warning: programmed,
+    Degraded) about an object. `transient` marks "not yet" (a reference that may appear)."""
+
+    ref: ObjectRef
+    reason: str  # short CamelCase word, e.g. PortConflict
+    message: str
+    field: str = ""
+    severity: str = "Error"  # Error | Warning
+    transient: bool = False
+
+    def __str__(self) -> str:
+        where = f" {self.field}:" if self.field else ""
+        return f"{self.severity} {self.ref}:{where} {self.message} [{self.reason}]"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendPart:
+    """What one VirtualService asks of one real-server node (DR/TUN)."""
+
+    vips: tuple[LoopbackVIP, ...] = ()
+    tunnels: tuple[TunnelDevice, ...] = ()
+    sysctls: tuple[Sysctl, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """The compiled form of one VirtualService."""
+
+    ref: ObjectRef
+    order: tuple[str, str, str]  # (creationTimestamp, namespace, name): older wins conflicts
+    ok: bool  # False: an error prevents programming it anywhere
+    directors: tuple[str, ...] = ()
+    services: tuple[IPVSService, ...] = ()
+    vip: VIPAddress | None = None
+    ipsets: tuple[IPSetPlan, ...] = ()
+    mark_rules: tuple[MarkRule, ...] = ()
+    snat_rules: tuple[SNATRule, ...] = ()
+    sysctls: tuple[Sysctl, ...] = ()
+    backend_parts: Mapping[str, BackendPart] = field(default_factory=dict)
+    claims: tuple[tuple[object, ...], ...] = ()  # keys no other VirtualService may hold
+    claim_fields: Mapping[tuple[object, ...], str] = field(default_factory=dict)
+    issues: tuple[Issue, ...] = ()
+    depends_on_realservers: tuple[ObjectRef, ...] = ()
+    backends_total: int = 0
+    backends_draining: int = 0
+
+    @property
+    def nodes(self) -> frozenset[str]:
+        return frozenset(self.directors) | frozenset(self.backend_parts)
+
+
+class ClusterView(Protocol):
+    """Read-only lookups a fragment needs from the rest of the cluster."""
+
+    def agent_nodes(self) -> Iterable[Node]: ...
+    def has_agent(self, node: str) -> bool: ...
+    def real_servers(self, namespace: str) -> Iterable[RealServer]: ...
+    def service(self, namespace: str, name: str) -> Service | None: ...
+    def endpoint_slices(self, namespace: str, service: str) -> Iterable[EndpointSlice]: ...
+
+
+# --------------------------------------------------------------------------- addresses
+
+_CANONICAL: dict[str, tuple[str, int, int] | None] = {}
+
+
+def canonical_ip(text: str) -> tuple[str, int, int] | None:
+    """(canonical text, family, integer value) or None.
+
+    Memoised because a cluster repeats the same addresses across ports and services; the
+    integer orders destinations the way ipvsadm sorts them.
+    """
+    hit = _CANONICAL.get(text)
+    if hit is not None or text in _CANONICAL:
+        return hit
+    result: tuple[str, int, int] | None
+    try:
+        packed = socket.inet_pton(socket.AF_INET, text)
+        ok = socket.inet_ntop(socket.AF_INET, packed) == text
+        result = (text, 4, int.from_bytes(packed, "big")) if ok else None
+    except OSError:
+        try:
+            addr = ipaddress.IPv6Address(text)
+            bad = addr.ipv4_mapped is not None or addr.scope_id is not None
+            result = None if bad else (str(addr), 6, int(addr))
+        except ValueError:
+            result = None
+    if len(_CANONICAL) < 4_000_000:
+        _CANONICAL[text] = result
+    return result
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@dataclass(slots=True)
+class _Backend:
+    address: str
+    family: int
+    sort_value: int  # the address as an integer, for ipvsadm's order
+    port: int | None  # RealServer.spec.port, or None
+    named_ports: Mapping[str, int] | None  # EndpointSlice port name -> number
+    weight: int
+    upper: int
+    lower: int
+    draining: bool
+    node: str | None
+    source: str
+    ref: ObjectRef | None  # the RealServer, to attach its issues
+
+
+def _real_server_backends(
+    vs: VirtualService, view: ClusterView, issues: list[Issue]
+) -> tuple[list[_Backend], list[ObjectRef]]:
+    selector = vs.spec.backends.real_server_selector
+    if selector is None:
+        return [], []
+    out: list[_Backend] = []
+    refs: list[ObjectRef] = []
+    for rs in view.real_servers(vs.ref.namespace):
+        if not selector.matches(dict(rs.labels)):
+            continue
+        refs.append(rs.ref)
+        if rs.spec.state is RealServerState.DISABLED:
+            continue
+        canon = canonical_ip(rs.spec.address)
+        if canon is None:  # the schema makes this unreachable; stay safe anyway
+            continue
+        draining = rs.spec.state is RealServerState.DRAINING
+        out.append(
+            _Backend(
+                address=canon[0],
+                family=canon[1],
+                sort_value=canon[2],
+                port=rs.spec.port,
+                named_ports=None,
+                weight=0 if draining else rs.spec.weight,
+                upper=rs.spec.upper_threshold,
+                lower=rs.spec.lower_threshold,
+                draining=draining,
+                node=rs.spec.node_name,
+                source=str(rs.ref),
+                ref=rs.ref,
+            )
+        )
+    return out, refs
+
+
+def _endpoint_backends(vs: VirtualService, view: ClusterView, issues: list[Issue]) -> list[_Backend]:
+    svc_ref = vs.spec.backends.service
+    if svc_ref is None:
+        return []
+    ns = vs.ref.namespace
+    slices = list(view.endpoint_slices(ns, svc_ref.name))
+    if not slices and view.service(ns, svc_ref.name) is None:
+        issues.append(
+            Issue(vs.ref, "ServiceNotFound",
+                  f"Service {ns}/{svc_ref.name} does not exist (yet); no endpoints to balance",
+                  "spec.backends.service.name", "Warning", transient=True)
+        )
+        return []
+    # Prefer EndpointSlices; v1 Endpoints only when no slice exists for the Service.
+    if any(not s.from_legacy_endpoints for s in slices):
+        slices = [s for s in slices if not s.from_legacy_endpoints]
+    b = vs.spec.backends
+    best: dict[tuple[str, tuple[tuple[str, int], ...]], _Backend] = {}
+    for sl in sorted(slices, key=lambda s: s.ref.name):
+        if sl.address_type not in ("IPv4", "IPv6"):
+            continue
+        named = {p.name: p.port for p in sl.ports}
+        named_key = tuple(sorted(named.items()))
+        source = str(sl.ref)
+        for ep in sl.endpoints:
+            if ep.ready:
+                draining = False
+            elif ep.serving and ep.terminating:
+                draining = True
+            else:
+                continue
+            if not ep.addresses:
+                continue
+            canon = canonical_ip(ep.addresses[0])
+            if canon is None:
+                continue
+            key = (canon[0], named_key)
+            prior = best.get(key)
+            if prior is not None and not prior.draining:
+                continue  # duplicate across slices: a ready copy wins over a draining one
+            best[key] = _Backend(
+                address=canon[0], family=canon[1], sort_value=canon[2], port=None,
+                named_ports=named,
+                weight=0 if draining else b.weight, upper=b.upper_threshold,
+                lower=b.lower_threshold, draining=draining, node=ep.node_name, source=source,
+                ref=None,
+            )
+    return list(best.values())
+
+
+def _dest_port(
+    spec: VirtualServiceSpec, idx: int, p: PortSpec, be: _Backend, issues: list[Issue],
+    vs_ref: ObjectRef,
+) -> int | None:
+    """The real server's port for virtual port `p`, by LVS rules (None: skip the backend)."""
+    method = spec.forwarding.method
+    if method in (ForwardingMethod.DR, ForwardingMethod.TUN):
+        wanted = p.port
+        actual = be.port
+        if be.named_ports is not None:
+            actual = _endpoint_port(p, be.named_ports)
+        if actual is not None and actual != wanted:
+            issues.append(Issue(
+                be.ref or vs_ref, "PortIgnoredForDR",
+                f"{method.value} cannot change ports: {be.address} is used on port {wanted}, "
+                f"not {actual}; the server must listen on the virtual port",
+                f"spec.ports[{idx}]" if be.ref is None else "spec.port", "Warning"))
+        return wanted
+    if isinstance(p.target_port, int):
+        return p.target_port
+    if be.named_ports is None:  # RealServer
+        return be.port if be.port is not None else p.port
+    port = _endpoint_port(p, be.named_ports)
+    if port is None:
+        names = ", ".join(sorted(n or '""' for n in be.named_ports)) or "none"
+        issues.append(Issue(
+            vs_ref, "TargetPortNotFound",
+            f"cannot tell which EndpointSlice port serves virtual port {p.port}/{p.protocol.value}"
+            f" (slice ports: {names}); set spec.ports[{idx}].targetPort to one of those names",
+            f"spec.ports[{idx}].targetPort"))
+    return port
+
+
+def _endpoint_port(p: PortSpec, named: Mapping[str, int]) -> int | None:
+    if isinstance(p.target_port, str):
+        return named.get(p.target_port)
+    if isinstance(p.target_port, int):
+        return p.target_port
+    if p.name is not None and p.name in named:
+        return named[p.name]
+    if len(named) == 1:
+        return next(iter(named.values()))
+    return None
+
+
+# --------------------------------------------------------------------------- the compiler
+
+
+def _order(vs: VirtualService) -> tuple[str, str, str]:
+    # An empty timestamp (offline manifests) sorts first, then by namespace/name.
+    return (vs.creation_timestamp, vs.ref.namespace, vs.ref.name)
+
+
+def _directors(vs: VirtualService, view: ClusterView) -> tuple[str, ...]:
+    selector = vs.spec.directors.node_selector
+    return tuple(sorted(n.ref.name for n in view.agent_nodes() if selector.matches(dict(n.labels))))
+
+
+def compile_virtual_service(vs: VirtualService, view: ClusterView) -> Fragment:
+    """Compile one VirtualService against the current cluster. Pure; never raises for data."""
+    spec = vs.spec
+    owner = f"{vs.ref.namespace}/{vs.ref.name}"
+    issues: list[Issue] = []
+    canon = canonical_ip(spec.address)
+    if canon is None:  # unreachable after schema validation
+        return Fragment(vs.ref, _order(vs), False, issues=(
+            Issue(vs.ref, "InvalidAddress", "not an IP address", "spec.address"),))
+    vip, family, _ = canon
+    method = spec.forwarding.method
+
+    directors = _directors(vs, view)
+    if not directors:
+        issues.append(Issue(
+            vs.ref, "NoDirectors",
+            "spec.directors.nodeSelector matches no node running the lvs agent; label a node "
+            "to match it (e.g. kubectl label node NAME lvs.dev/director=true)",
+            "spec.directors.nodeSelector", transient=True))
+
+    rs_backends, rs_refs = _real_server_backends(vs, view, issues)
+    backends = rs_backends + _endpoint_backends(vs, view, issues)
+    usable: list[_Backend] = []
+    for be in backends:
+        if be.family != family and method is not ForwardingMethod.TUN:
+            issues.append(Issue(
+                be.ref or vs.ref, "AddressFamilyMismatch",
+                f"real server {be.address} is IPv{be.family} but the VIP {vip} is IPv{family}; "
+                "only TUN forwarding can mix families", "spec.address" if be.ref else
+                "spec.backends.service"))
+            continue
+        usable.append(be)
+
+    forward, tun_type, tun_port, tun_csum = _forwarding(spec)
+    ports = _service_ports(spec, vip, family)
+    services: list[IPVSService] = []
+    claims: list[tuple[object, ...]] = []
+    claim_fields: dict[tuple[object, ...], str] = {}
+    for idx, (key, pspec) in enumerate(ports):
+        dests: dict[tuple[str, int], tuple[tuple[int, int], Destination]] = {}
+        for be in usable:
+            if pspec is None:  # fwmark service: destinations carry port 0
+                port: int | None = 0
+            else:
+                port = _dest_port(spec, idx, pspec, be, issues, vs.ref)
+            if port is None:
+                continue
+            d = Destination(
+                be.address, port, forward, be.weight, be.upper, be.lower, tun_type, tun_port,
+                tun_csum, be.draining, be.source,
+            )
+            prior = dests.get(d.key)
+            if prior is None or (prior[1].draining and not d.draining):
+                dests[d.key] = ((be.sort_value, port), d)
+        ordered = tuple(d for _, d in sorted(dests.values(), key=lambda item: item[0]))
+        services.append(_ipvs_service(spec, key, ordered, owner, family))
+        if key.fwmark:
+            claims.append(("mark", key.fwmark))
+            claim_fields[("mark", key.fwmark)] = "spec.firewallMark.mark"
+        else:
+            ck = ("svc", key.family, key.protocol, key.address, key.port)
+            claims.append(ck)
+            claim_fields[ck] = f"spec.ports[{idx}]"
+    if spec.firewall_mark is not None:
+        for i, fp in enumerate(spec.firewall_mark.ports):
+            ck = ("svc", family, _PROTO[fp.protocol.value], vip, fp.port)
+            claims.append(ck)
+            claim_fields[ck] = f"spec.firewallMark.ports[{i}]"
+        if spec.firewall_mark.mark & 0xC000:
+            issues.append(Issue(
+                vs.ref, "MarkOverlapsKubeProxy",
+                f"mark {spec.firewall_mark.mark:#x} sets bit 0x4000 or 0x8000, which kube-proxy "
+                "uses for masquerade/drop; pick a mark below 0x4000 to avoid interference",
+                "spec.firewallMark.mark", "Warning"))
+
+    ipsets, mark_rules = _mark_plan(spec, vip, family, owner)
+    snat = _snat_plan(spec, ports, vip, family, owner)
+    sysctls = _director_sysctls(spec, family)
+    backend_parts = _backend_parts(spec, usable, vip, family, owner, view, issues)
+
+    vip_entry = VIPAddress(
+        vip, 32 if family == 4 else 128, spec.directors.interface or "", (owner,),
+        spec.ha.mode.value if spec.ha is not None else "None",
+    )
+    ok = not any(i.severity == "Error" and i.ref == vs.ref and not i.transient for i in issues)
+    total = sum(len(s.destinations) for s in services[:1])
+    draining = sum(1 for s in services[:1] for d in s.destinations if d.draining)
+    return Fragment(
+        ref=vs.ref,
+        order=_order(vs),
+        ok=ok,
+        directors=directors,
+        services=tuple(services),
+        vip=vip_entry,
+        ipsets=ipsets,
+        mark_rules=mark_rules,
+        snat_rules=snat,
+        sysctls=sysctls,
+        backend_parts=backend_parts,
+        claims=tuple(claims),
+        claim_fields=claim_fields,
+        issues=tuple(issues),
+        depends_on_realservers=tuple(rs_refs),
+        backends_total=total,
+        backends_draining=draining,
+    )
+
+
+def _forwarding(spec: VirtualServiceSpec) -> tuple[str, str, int, str]:
+    method = spec.forwarding.method
+    if method is ForwardingMethod.DR:
+        return FORWARD_ROUTE, "", 0, ""
+    if method is ForwardingMethod.TUN:
+        t = spec.forwarding.tunnel
+        if t is None:
+            return FORWARD_TUNNEL, TunnelType.IPIP.value, 0, ""
+        csum = ""
+        if t.type is not TunnelType.IPIP:
+            csum = (t.checksum or TunnelChecksum.NONE).value
+        return FORWARD_TUNNEL, t.type.value, t.port or 0, csum
+    return FORWARD_MASQ, "", 0, ""
+
+
+def _service_ports(
+    spec: VirtualServiceSpec, vip: str, family: int
+) -> list[tuple[ServiceKey, PortSpec | None]]:
+    if spec.firewall_mark is not None:
+        return [(ServiceKey(family, "", "", 0, spec.firewall_mark.mark), None)]
+    return [(ServiceKey(family, _PROTO[p.protocol.value], vip, p.port, 0), p) for p in spec.ports]
+
+
+def _ipvs_service(
+    spec: VirtualServiceSpec, key: ServiceKey, dests: tuple[Destination, ...], owner: str,
+    family: int,
+) -> IPVSService:
+    flags = tuple(sorted((f.value for f in spec.scheduler.flags), key=_FLAG_ORDER.__getitem__))
+    timeout = prefix = 0
+    engine = ""
+    if spec.persistence is not None:
+        timeout = spec.persistence.timeout
+        default_prefix = 32 if family == 4 else 128
+        prefix = spec.persistence.prefix_length
+        prefix = default_prefix if prefix is None else prefix
+        engine = spec.persistence.engine.value if spec.persistence.engine else ""
+    return IPVSService(
+        key=key,
+        scheduler=spec.scheduler.name.value,
+        flags=flags,
+        persistence_timeout=timeout,
+        persistence_prefix=prefix,
+        persistence_engine=engine,
+        one_packet=spec.one_packet_scheduling,
+        destinations=dests,
+        owner=owner,
+        drain_timeout=spec.drain.timeout_seconds,
+    )
+
+
+def ipset_names(mark: int, family: int) -> tuple[str, str, str]:
+    """Owned ipset names for a mark: destinations, sources, exceptions (<= 31 chars)."""
+    base = f"lvs-fwm{mark}" + ("-6" if family == 6 else "")
+    return f"{base}-dst", f"{base}-src", f"{base}-exc"
+
+
+def _mark_plan(
+    spec: VirtualServiceSpec, vip: str, family: int, owner: str
+) -> tuple[tuple[IPSetPlan, ...], tuple[MarkRule, ...]]:
+    fm = spec.firewall_mark
+    if fm is None:
+        return (), ()
+    fam = "inet" if family == 4 else "inet6"
+    dst, src, exc = ipset_names(fm.mark, family)
+    host = vip
+    entries = tuple(sorted(
+        (f"{host},{_PROTO[p.protocol.value]}:{p.port}" for p in fm.ports),
+        key=lambda e: (e.split(",")[1].split(":")[0], int(e.rsplit(":", 1)[1])),
+    ))
+    sets = [IPSetPlan(dst, "hash:ip,port", fam, entries, owner)]
+    src_name = exc_name = ""
+    if fm.source_ranges:
+        sets.append(IPSetPlan(src, "hash:net", fam, tuple(sorted(_net(c) for c in fm.source_ranges)),
+                              owner))
+        src_name = src
+    if fm.except_ranges:
+        sets.append(IPSetPlan(exc, "hash:net", fam, tuple(sorted(_net(c) for c in fm.except_ranges)),
+                              owner))
+        exc_name = exc
+    return tuple(sets), (MarkRule(fm.mark, family, dst, src_name, exc_name, owner),)
+
+
+def _net(cidr: str) -> str:
+    """ipset stores networks with host bits cleared and /32 (/128) as a bare address."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return str(net)
+
+
+def _snat_plan(
+    spec: VirtualServiceSpec, ports: list[tuple[ServiceKey, PortSpec | None]], vip: str,
+    family: int, owner: str,
+) -> tuple[SNATRule, ...]:
+    if spec.forwarding.method is not ForwardingMethod.FULLNAT:
+        return ()
+    to = ""
+    source_nat = spec.forwarding.source_nat
+    if source_nat is not None and source_nat.address:
+        canon = canonical_ip(source_nat.address)
+        to = canon[0] if canon is not None else ""
+    return tuple(
+        SNATRule(family, vip, key.protocol, key.port, key.fwmark, to, owner) for key, _ in ports
+    )
+
+
+def _director_sysctls(spec: VirtualServiceSpec, family: int) -> tuple[Sysctl, ...]:
+    out: list[Sysctl] = []
+    if spec.forwarding.method in (ForwardingMethod.NAT, ForwardingMethod.FULLNAT):
+        out.append(Sysctl("net.ipv4.ip_forward", "1") if family == 4
+                   else Sysctl("net.ipv6.conf.all.forwarding", "1"))
+    if spec.forwarding.method is ForwardingMethod.FULLNAT:
+        out.append(Sysctl("net.ipv4.vs.conntrack", "1"))  # lets iptables SNAT see IPVS flows
+    if spec.drain.expire_nodest_conn:
+        out.append(Sysctl("net.ipv4.vs.expire_nodest_conn", "1"))
+    if spec.drain.expire_quiescent_template:
+        out.append(Sysctl("net.ipv4.vs.expire_quiescent_template", "1"))
+    return tuple(out)
+
+
+def _backend_parts(
+    spec: VirtualServiceSpec, backends: list[_Backend], vip: str, family: int, owner: str,
+    view: ClusterView, issues: list[Issue],
+) -> dict[str, BackendPart]:
+    method = spec.forwarding.method
+    if method not in (ForwardingMethod.DR, ForwardingMethod.TUN):
+        return {}
+    prefix = 32 if family == 4 else 128
+    sysctls: list[Sysctl] = []
+    tunnels: list[TunnelDevice] = []
+    if family == 4:
+        for dev in ("all", "lo"):
+            sysctls += [Sysctl(f"net.ipv4.conf.{dev}.arp_ignore", "1"),
+                        Sysctl(f"net.ipv4.conf.{dev}.arp_announce", "2")]
+    if method is ForwardingMethod.TUN:
+        tunnel = spec.forwarding.tunnel
+        ttype = tunnel.type if tunnel is not None else TunnelType.IPIP
+        fou = tunnel.port or 0 if tunnel is not None else 0
+        if ttype is TunnelType.GRE:
+            dev = TunnelDevice("gre0", "gre") if family == 4 else TunnelDevice("ip6gre0", "ip6gre")
+        elif family == 4:
+            dev = TunnelDevice("tunl0", "ipip", fou)
+        else:
+            dev = TunnelDevice("ip6tnl0", "ip6tnl", fou)
+        tunnels.append(dev)
+        if family == 4:
+            # Decapsulated packets arrive from client addresses not routed via the tunnel.
+            sysctls += [Sysctl("net.ipv4.conf.all.rp_filter", "0"),
+                        Sysctl(f"net.ipv4.conf.{dev.name}.rp_filter", "0")]
+    part = BackendPart(
+        vips=(LoopbackVIP(vip, prefix, "lo", (owner,)),),
+        tunnels=tuple(tunnels),
+        sysctls=tuple(sorted(set(sysctls))),
+    )
+    out: dict[str, BackendPart] = {}
+    for be in backends:
+        if not be.node:
+            continue
+        if not view.has_agent(be.node):
+            issues.append(Issue(
+                be.ref or ObjectRef("VirtualService", *owner.split("/", 1)), "NodeWithoutAgent",
+                f"{method.value} real server {be.address} is on node {be.node}, which runs no lvs "
+                "agent, so nobody puts the VIP on its lo; run the agent there or configure the "
+                "server by hand and clear nodeName", "spec.nodeName" if be.ref else
+                "spec.backends.service", "Warning"))
+            continue
+        out[be.node] = part
+    return out

@@ -1,0 +1,254 @@
+"""Node plans: the complete kernel state one node should have, as plain immutable data.
+
+A plan is what an LVS expert would have typed on that node: IPVS services and destinations,
+VIP addresses, ipsets and mark rules for firewall-mark services, source NAT for FULLNAT and
+sysctls on a director; the VIP on lo, ARP sysctls and tunnel devices on a DR/TUN real server.
+Records are NamedTuples because a large cluster has a million destinations and these are the
+cheapest immutable records Python has. Every record has an identity key (`key`) separate
+from its attributes, so the agent's diff yields add / update / delete.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from typing import Any, NamedTuple
+
+__all__ = [
+    "PLAN_FORMAT_VERSION",
+    "BackendPlan",
+    "Destination",
+    "DirectorPlan",
+    "IPSetPlan",
+    "IPVSService",
+    "LoopbackVIP",
+    "MarkRule",
+    "NodePlan",
+    "SNATRule",
+    "ServiceKey",
+    "Sysctl",
+    "TunnelDevice",
+    "VIPAddress",
+    "plan_from_dict",
+    "plan_to_dict",
+    "plan_to_json",
+]
+
+PLAN_FORMAT_VERSION = 1
+
+# IPVS forwarding methods as the kernel names them (ipvsadm -m / -g / -i).
+FORWARD_MASQ = "masq"
+FORWARD_ROUTE = "route"
+FORWARD_TUNNEL = "tunnel"
+
+
+class ServiceKey(NamedTuple):
+    """Identity of an IPVS service: VIP:port/protocol, or a firewall mark and family."""
+
+    family: int  # 4 or 6
+    protocol: str  # "tcp" | "udp" | "sctp"; "" for fwmark services
+    address: str  # canonical text; "" for fwmark services
+    port: int  # 0 for fwmark services
+    fwmark: int  # 0 for address services
+
+    def __str__(self) -> str:
+        if self.fwmark:
+            return f"fwmark {self.fwmark}" + (" (IPv6)" if self.family == 6 else "")
+        host = f"[{self.address}]" if self.family == 6 else self.address
+        return f"{self.protocol}/{host}:{self.port}"
+
+
+class Destination(NamedTuple):
+    """An IPVS destination (real server); identity is (address, port) within its service."""
+
+    address: str
+    port: int
+    forward: str  # masq | route | tunnel
+    weight: int
+    upper_threshold: int = 0
+    lower_threshold: int = 0
+    tunnel_type: str = ""  # ipip | gue | gre, tunnel only
+    tunnel_port: int = 0  # gue only
+    tunnel_checksum: str = ""  # none | csum | remcsum, gue/gre only
+    draining: bool = False  # weight 0 because it is leaving: delete once idle or at deadline
+    source: str = ""  # the object it came from, for status and debugging
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.address, self.port)
+
+
+class IPVSService(NamedTuple):
+    key: ServiceKey
+    scheduler: str
+    flags: tuple[str, ...] = ()  # scheduler flags, in the kernel's bit order
+    persistence_timeout: int = 0  # 0 = not persistent
+    persistence_prefix: int = 0  # netmask as a prefix length; only with persistence
+    persistence_engine: str = ""
+    one_packet: bool = False
+    destinations: tuple[Destination, ...] = ()
+    owner: str = ""  # namespace/name of the VirtualService
+    drain_timeout: int = 300  # seconds a draining destination may keep connections
+
+
+class VIPAddress(NamedTuple):
+    """A VIP a director holds on an interface (empty interface: the agent picks the device
+    of the route to the VIP)."""
+
+    address: str
+    prefix_length: int
+    interface: str = ""
+    owners: tuple[str, ...] = ()
+    ha_mode: str = "None"  # with Lease/VRRP only the active director adds it
+
+    @property
+    def key(self) -> str:
+        return self.address
+
+
+class IPSetPlan(NamedTuple):
+    """An ipset the project owns (name prefix `lvs-`)."""
+
+    name: str
+    set_type: str  # "hash:ip,port" | "hash:net"
+    family: str  # "inet" | "inet6"
+    entries: tuple[str, ...]
+    owner: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+class MarkRule(NamedTuple):
+    """One rule in the owned mangle chain: packets matching the ipsets get `mark`."""
+
+    mark: int
+    family: int
+    dst_set: str
+    src_set: str = ""  # "" = any source
+    except_set: str = ""  # "" = no exceptions
+    owner: str = ""
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.family, self.mark)
+
+
+class SNATRule(NamedTuple):
+    """FULLNAT: source NAT for IPVS-forwarded packets of one service, in the owned nat chain."""
+
+    family: int
+    vip: str
+    protocol: str  # "" for fwmark services
+    port: int  # 0 for fwmark services
+    fwmark: int = 0
+    to_source: str = ""  # "" = MASQUERADE
+    owner: str = ""
+
+    @property
+    def key(self) -> tuple[int, str, str, int, int]:
+        return (self.family, self.vip, self.protocol, self.port, self.fwmark)
+
+
+class Sysctl(NamedTuple):
+    key: str  # dotted name, e.g. net.ipv4.ip_forward
+    value: str
+
+
+class TunnelDevice(NamedTuple):
+    """A tunnel receive device on a TUN real server (the kernel's fallback devices)."""
+
+    name: str  # tunl0 | gre0 | ip6tnl0
+    kind: str  # ipip | gre | ip6tnl
+    fou_port: int = 0  # gue: `ip fou add port N gue`
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+class LoopbackVIP(NamedTuple):
+    """The VIP as a host address on a DR/TUN real server, so it accepts the packets."""
+
+    address: str
+    prefix_length: int
+    device: str = "lo"
+    owners: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.device, self.address)
+
+
+class DirectorPlan(NamedTuple):
+    services: tuple[IPVSService, ...] = ()
+    vips: tuple[VIPAddress, ...] = ()
+    ipsets: tuple[IPSetPlan, ...] = ()
+    mark_rules: tuple[MarkRule, ...] = ()
+    snat_rules: tuple[SNATRule, ...] = ()
+    sysctls: tuple[Sysctl, ...] = ()
+
+
+class BackendPlan(NamedTuple):
+    vips: tuple[LoopbackVIP, ...] = ()
+    tunnels: tuple[TunnelDevice, ...] = ()
+    sysctls: tuple[Sysctl, ...] = ()
+
+
+class NodePlan(NamedTuple):
+    node: str
+    director: DirectorPlan = DirectorPlan()
+    backend: BackendPlan = BackendPlan()
+
+    @property
+    def empty(self) -> bool:
+        return self.director == DirectorPlan() and self.backend == BackendPlan()
+
+
+# --------------------------------------------------------------------------- serialisation
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return {name: _to_jsonable(v) for name, v in zip(value._fields, value, strict=True)}
+    if isinstance(value, tuple):
+        return [_to_jsonable(v) for v in value]
+    return value
+
+
+def plan_to_dict(plan: NodePlan) -> dict[str, Any]:
+    """A JSON-ready dict with a format version, so agents can refuse plans they don't know."""
+    out: dict[str, Any] = {"formatVersion": PLAN_FORMAT_VERSION}
+    out.update(_to_jsonable(plan))
+    return out
+
+
+def plan_to_json(plan: NodePlan) -> str:
+    """Canonical JSON: same plan, byte-identical text."""
+    return json.dumps(plan_to_dict(plan), sort_keys=True, separators=(",", ":"))
+
+
+def _from_jsonable(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_from_jsonable(item_tp, v) for v in value)
+    if isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields"):
+        hints = typing.get_type_hints(tp)
+        kwargs = {k: _from_jsonable(hints[k], v) for k, v in value.items() if k in hints}
+        return tp(**kwargs)
+    return value
+
+
+def plan_from_dict(data: dict[str, Any]) -> NodePlan:
+    """Inverse of plan_to_dict; raises ValueError for a plan format this code does not read."""
+    version = data.get("formatVersion")
+    if version != PLAN_FORMAT_VERSION:
+        raise ValueError(
+            f"plan formatVersion {version!r} is not supported (this agent reads "
+            f"{PLAN_FORMAT_VERSION}); upgrade the agent or the operator so they match"
+        )
+    body = {k: v for k, v in data.items() if k != "formatVersion"}
+    result: NodePlan = _from_jsonable(NodePlan, body)
+    return result
