@@ -86,8 +86,11 @@ _COLUMNS = {
         {"name": "Scheduler", "type": "string", "jsonPath": ".spec.scheduler.name"},
         {"name": "Mode", "type": "string", "jsonPath": ".spec.forwarding.method"},
         {"name": "Backends", "type": "integer", "jsonPath": ".status.backends.total"},
-        {"name": "Ready", "type": "string",
-         "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        {
+            "name": "Ready",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
     "RealServer": [

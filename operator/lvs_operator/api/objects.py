@@ -136,21 +136,21 @@ def _labels(meta: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in labels.items()}
 
 
-def _ours(doc: Mapping[str, Any], ref: ObjectRef, meta: dict[str, Any]) -> VirtualService | RealServer:
+def _ours(
+    doc: Mapping[str, Any], ref: ObjectRef, meta: dict[str, Any]
+) -> VirtualService | RealServer:
     spec_cls = VirtualServiceSpec if ref.kind == "VirtualService" else RealServerSpec
     spec, errors = parse(spec_cls, doc.get("spec"), "spec")
     if errors or spec is None:
         raise SpecError(str(ref), errors)
-    common = {
-        "ref": ref,
-        "labels": _labels(meta),
-        "generation": int(meta.get("generation") or 1),
-        "creation_timestamp": str(meta.get("creationTimestamp") or ""),
-        "uid": str(meta.get("uid") or ""),
-    }
+    labels = _labels(meta)
+    generation = int(meta.get("generation") or 1)
+    created = str(meta.get("creationTimestamp") or "")
+    uid = str(meta.get("uid") or "")
     if isinstance(spec, VirtualServiceSpec):
-        return VirtualService(spec=spec, **common)
-    return RealServer(spec=spec, **common)
+        return VirtualService(ref, spec, labels, generation, created, uid)
+    assert isinstance(spec, RealServerSpec)
+    return RealServer(ref, spec, labels, generation, created, uid)
 
 
 def _service(doc: Mapping[str, Any], ref: ObjectRef) -> Service:
@@ -167,7 +167,9 @@ def _service(doc: Mapping[str, Any], ref: ObjectRef) -> Service:
     return Service(ref=ref, ports=tuple(ports))
 
 
-def _endpoint_slice(doc: Mapping[str, Any], ref: ObjectRef, meta: Mapping[str, Any]) -> EndpointSlice:
+def _endpoint_slice(
+    doc: Mapping[str, Any], ref: ObjectRef, meta: Mapping[str, Any]
+) -> EndpointSlice:
     service = _labels(meta).get(SERVICE_NAME_LABEL, "")
     ports = tuple(
         EndpointPort(str(p.get("name") or ""), int(p["port"]), str(p.get("protocol") or "TCP"))
@@ -227,8 +229,14 @@ def parse_manifest(doc: Mapping[str, Any]) -> ClusterObject | None:
     if api_version.startswith(API_GROUP + "/"):
         raise SpecError(
             f"{kind} {api_version}",
-            [FieldError("apiVersion", f"unsupported; this version of lvs-operator reads "
-                        f"{API_VERSION} VirtualService and RealServer", api_version)],
+            [
+                FieldError(
+                    "apiVersion",
+                    f"unsupported; this version of lvs-operator reads "
+                    f"{API_VERSION} VirtualService and RealServer",
+                    api_version,
+                )
+            ],
         )
     try:
         if api_version == "v1" and kind == "Service":
@@ -251,7 +259,9 @@ def parse_manifest(doc: Mapping[str, Any]) -> ClusterObject | None:
     return None
 
 
-def parse_manifests(docs: Iterable[Mapping[str, Any]]) -> tuple[list[ClusterObject], list[SpecError]]:
+def parse_manifests(
+    docs: Iterable[Mapping[str, Any]],
+) -> tuple[list[ClusterObject], list[SpecError]]:
     """Parse many manifests; invalid ones are reported, valid ones are kept."""
     objects: list[ClusterObject] = []
     errors: list[SpecError] = []

@@ -267,7 +267,9 @@ def _parse_object(cls: type[T], data: Any, path: str, errors: list[FieldError]) 
         return None
     before = len(errors)
     hints = _hints(cls)
-    known: dict[str, dataclasses.Field[Any]] = {_json_name(f): f for f in dataclasses.fields(cls)}
+    known: dict[str, dataclasses.Field[Any]] = {
+        _json_name(f): f for f in dataclasses.fields(typing.cast(Any, cls))
+    }
     for key in data:
         if key not in known:
             suggestion = ", ".join(sorted(known))
@@ -291,7 +293,9 @@ def _parse_object(cls: type[T], data: Any, path: str, errors: list[FieldError]) 
     return obj if len(errors) == before else None
 
 
-def _parse_value(tp: Any, spec: FieldSpec | None, raw: Any, path: str, errors: list[FieldError]) -> Any:
+def _parse_value(
+    tp: Any, spec: FieldSpec | None, raw: Any, path: str, errors: list[FieldError]
+) -> Any:
     before = len(errors)
     value: Any = None
     if spec is not None and spec.int_or_string:
@@ -325,7 +329,8 @@ def _parse_value(tp: Any, spec: FieldSpec | None, raw: Any, path: str, errors: l
             errors.append(FieldError(path, "must be a list", raw))
         else:
             value = tuple(
-                _parse_value(item_tp, None, item, f"{path}[{i}]", errors) for i, item in enumerate(raw)
+                _parse_value(item_tp, None, item, f"{path}[{i}]", errors)
+                for i, item in enumerate(raw)
             )
     elif typing.get_origin(tp) in (dict, Mapping) or tp is dict:
         if not isinstance(raw, Mapping) or not all(

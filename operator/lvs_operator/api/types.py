@@ -25,10 +25,10 @@ __all__ = [
     "Forwarding",
     "ForwardingMethod",
     "HAMode",
-    "HighAvailability",
     "HTTPCheck",
     "HealthCheck",
     "HealthCheckType",
+    "HighAvailability",
     "LabelSelector",
     "LabelSelectorRequirement",
     "LeaseSettings",
@@ -52,9 +52,9 @@ __all__ = [
     "VRRPSettings",
     "VirtualServiceSpec",
     "ip_family",
+    "is_cidr",
     "is_ip",
     "is_unicast_ip",
-    "is_cidr",
 ]
 
 MAX_PERSISTENCE_TIMEOUT = 86400 * 31  # ipvsadm's MAX_TIMEOUT: 31 days
@@ -226,8 +226,10 @@ class LabelSelectorRequirement:
         Rule(
             cel="self.operator in ['In', 'NotIn'] ? size(self.values) > 0 : size(self.values) == 0",
             message="values must be non-empty for In/NotIn and empty for Exists/DoesNotExist",
-            check=lambda s: (len(s.values) > 0)
-            == (s.operator in (SelectorOperator.IN, SelectorOperator.NOT_IN)),
+            check=lambda s: (
+                (len(s.values) > 0)
+                == (s.operator in (SelectorOperator.IN, SelectorOperator.NOT_IN))
+            ),
             field_path=".values",
         ),
     )
@@ -239,7 +241,9 @@ class LabelSelector:
 
     match_labels: dict[str, str] | None = field("Labels that must all match exactly.")
     match_expressions: tuple[LabelSelectorRequirement, ...] = field(
-        "Set-based requirements, all of which must hold.", default=(), max_items=32,
+        "Set-based requirements, all of which must hold.",
+        default=(),
+        max_items=32,
         list_type="atomic",
     )
 
@@ -251,7 +255,11 @@ class LabelSelector:
             present = req.key in labels
             if req.operator is SelectorOperator.IN and labels.get(req.key) not in req.values:
                 return False
-            if req.operator is SelectorOperator.NOT_IN and present and labels[req.key] in req.values:
+            if (
+                req.operator is SelectorOperator.NOT_IN
+                and present
+                and labels[req.key] in req.values
+            ):
                 return False
             if req.operator is SelectorOperator.EXISTS and not present:
                 return False
@@ -269,9 +277,11 @@ def _port_number_rule() -> Rule:
         "self.matches('^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$')",
         message="targetPort must be a port number 1-65535 or an IANA port name "
         "(lowercase letters, digits and '-', at most 15 characters)",
-        check=lambda v: (1 <= v <= 65535)
-        if isinstance(v, int)
-        else re.fullmatch(PORT_NAME_PATTERN, v) is not None,
+        check=lambda v: (
+            (1 <= v <= 65535)
+            if isinstance(v, int)
+            else re.fullmatch(PORT_NAME_PATTERN, v) is not None
+        ),
     )
 
 
@@ -356,8 +366,9 @@ class Tunnel:
     """Tunnel encapsulation for TUN forwarding (ipvsadm --tun-type/--tun-port/--tun-*csum)."""
 
     type: TunnelType = field("ipip (default), gue or gre.", default=TunnelType.IPIP)
-    port: int | None = field("UDP port of the GUE receiver on the real servers (gue only).",
-                             minimum=1, maximum=65535)
+    port: int | None = field(
+        "UDP port of the GUE receiver on the real servers (gue only).", minimum=1, maximum=65535
+    )
     checksum: TunnelChecksum | None = field(
         "Outer checksum: none, csum, or remcsum (remcsum is gue only; ipip takes none)."
     )
@@ -417,7 +428,9 @@ class Forwarding:
 
     method: ForwardingMethod = field("NAT, DR, TUN or FULLNAT.", default=ForwardingMethod.NAT)
     tunnel: Tunnel | None = field("Tunnel settings; TUN only.")
-    source_nat: SourceNAT | None = field("Source NAT settings; FULLNAT only.", json_name="sourceNAT")
+    source_nat: SourceNAT | None = field(
+        "Source NAT settings; FULLNAT only.", json_name="sourceNAT"
+    )
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -501,8 +514,9 @@ class DirectorSelection:
 @dataclass(frozen=True, slots=True)
 class LeaseSettings:
     duration_seconds: int = field("Lease duration.", default=3, minimum=1, maximum=300)
-    renew_deadline_seconds: int = field("Holder steps down if it cannot renew within this.",
-                                        default=2, minimum=1, maximum=300)
+    renew_deadline_seconds: int = field(
+        "Holder steps down if it cannot renew within this.", default=2, minimum=1, maximum=300
+    )
     retry_period_seconds: int = field("Standby poll period.", default=1, minimum=1, maximum=60)
 
     RULES: ClassVar[tuple[Rule, ...]] = (
@@ -519,17 +533,30 @@ class LeaseSettings:
 class VRRPSettings:
     """keepalived vrrp_instance settings, for failover without the API server."""
 
-    virtual_router_id: int = field("virtual_router_id, 1-255.", required=True, minimum=1,
-                                   maximum=255, json_name="virtualRouterID")
+    virtual_router_id: int = field(
+        "virtual_router_id, 1-255.",
+        required=True,
+        minimum=1,
+        maximum=255,
+        json_name="virtualRouterID",
+    )
     priority: int = field("priority, 1-254; highest wins.", default=100, minimum=1, maximum=254)
     advert_interval_seconds: int = field("advert_int.", default=1, minimum=1, maximum=255)
-    auth_secret_ref: str | None = field("Secret holding auth_pass (key `password`).",
-                                        max_length=253)
+    auth_secret_ref: str | None = field(
+        "Secret holding auth_pass (key `password`).", max_length=253
+    )
     unicast_peers: tuple[str, ...] = field(
-        "unicast_peer addresses, where multicast is unavailable.", default=(), max_items=16,
+        "unicast_peer addresses, where multicast is unavailable.",
+        default=(),
+        max_items=16,
         list_type="set",
-        rules=(Rule(cel="self.all(p, isIP(p))", message="vrrp.unicastPeers must be IP addresses",
-                    check=lambda v: all(is_ip(p) for p in v)),),
+        rules=(
+            Rule(
+                cel="self.all(p, isIP(p))",
+                message="vrrp.unicastPeers must be IP addresses",
+                check=lambda v: all(is_ip(p) for p in v),
+            ),
+        ),
     )
 
 
@@ -571,8 +598,9 @@ class HighAvailability:
 class ServiceRef:
     """A Service in the VirtualService's namespace whose EndpointSlices supply backends."""
 
-    name: str = field("Service name.", required=True, max_length=63,
-                      pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    name: str = field(
+        "Service name.", required=True, max_length=63, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,12 +612,18 @@ class Backends:
         "RealServers in this namespace whose labels match."
     )
     service: ServiceRef | None = field("A Service whose ready endpoints become real servers.")
-    weight: int = field("Weight of Service endpoints (RealServers carry their own).", default=1,
-                        minimum=0, maximum=65535)
-    upper_threshold: int = field("ipvsadm -x for Service endpoints; 0 = no limit.", default=0,
-                                 minimum=0, maximum=INT32_MAX)
-    lower_threshold: int = field("ipvsadm -y for Service endpoints; 0 = none.", default=0,
-                                 minimum=0, maximum=INT32_MAX)
+    weight: int = field(
+        "Weight of Service endpoints (RealServers carry their own).",
+        default=1,
+        minimum=0,
+        maximum=65535,
+    )
+    upper_threshold: int = field(
+        "ipvsadm -x for Service endpoints; 0 = no limit.", default=0, minimum=0, maximum=INT32_MAX
+    )
+    lower_threshold: int = field(
+        "ipvsadm -y for Service endpoints; 0 = none.", default=0, minimum=0, maximum=INT32_MAX
+    )
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -611,26 +645,42 @@ class Backends:
 class HTTPCheck:
     """keepalived HTTP_GET."""
 
-    path: str = field("URL path to request.", default="/", max_length=1024,
-                      pattern=r"^/[^\s]*$")
+    path: str = field("URL path to request.", default="/", max_length=1024, pattern=r"^/[^\s]*$")
     host: str | None = field("Host header (virtualhost).", max_length=253)
     expected_status_codes: tuple[int, ...] = field(
-        "Status codes that count as healthy (status_code).", default=(200,), max_items=16,
+        "Status codes that count as healthy (status_code).",
+        default=(200,),
+        max_items=16,
         list_type="set",
-        rules=(Rule(cel="self.all(c, c >= 100 && c <= 599)",
-                    message="expectedStatusCodes must be HTTP status codes 100-599",
-                    check=lambda v: all(100 <= c <= 599 for c in v)),),
+        rules=(
+            Rule(
+                cel="self.all(c, c >= 100 && c <= 599)",
+                message="expectedStatusCodes must be HTTP status codes 100-599",
+                check=lambda v: all(100 <= c <= 599 for c in v),
+            ),
+        ),
     )
-    digest: str | None = field("MD5 of the expected body (digest), 32 hex digits.",
-                               pattern=r"^[0-9a-f]{32}$", max_length=32)
+    digest: str | None = field(
+        "MD5 of the expected body (digest), 32 hex digits.",
+        pattern=r"^[0-9a-f]{32}$",
+        max_length=32,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class SorryServer:
     """Where traffic goes when fewer than quorum real servers are healthy (sorry_server)."""
 
-    address: str = field("Address.", required=True, max_length=64, rules=(
-        Rule(cel="isIP(self)", message="sorryServer.address must be an IP address", check=is_ip),))
+    address: str = field(
+        "Address.",
+        required=True,
+        max_length=64,
+        rules=(
+            Rule(
+                cel="isIP(self)", message="sorryServer.address must be an IP address", check=is_ip
+            ),
+        ),
+    )
     port: int | None = field("Port; default: the virtual port.", minimum=1, maximum=65535)
 
 
@@ -638,8 +688,7 @@ class SorryServer:
 class Quorum:
     """keepalived quorum with hysteresis."""
 
-    minimum: int = field("Healthy weight needed (quorum).", default=1, minimum=1,
-                         maximum=INT32_MAX)
+    minimum: int = field("Healthy weight needed (quorum).", default=1, minimum=1, maximum=INT32_MAX)
     hysteresis: int = field("hysteresis.", default=0, minimum=0, maximum=INT32_MAX)
     sorry_server: SorryServer | None = field("Used while quorum is lost.")
 
@@ -648,19 +697,25 @@ class Quorum:
 class HealthCheck:
     """Real server checks run by the director's agent, with keepalived's knobs."""
 
-    type: HealthCheckType = field("None, TCP (TCP_CHECK) or HTTP (HTTP_GET).",
-                                  default=HealthCheckType.TCP)
-    port: int | None = field("Port to check (connect_port); default: the real server's port.",
-                             minimum=1, maximum=65535)
+    type: HealthCheckType = field(
+        "None, TCP (TCP_CHECK) or HTTP (HTTP_GET).", default=HealthCheckType.TCP
+    )
+    port: int | None = field(
+        "Port to check (connect_port); default: the real server's port.", minimum=1, maximum=65535
+    )
     connect_timeout_seconds: int = field("connect_timeout.", default=3, minimum=1, maximum=300)
-    retries: int = field("retry: failures before a server is marked down.", default=3, minimum=1,
-                         maximum=100)
-    delay_before_retry_seconds: int = field("delay_before_retry.", default=1, minimum=0,
-                                            maximum=300)
-    interval_seconds: int = field("delay_loop: seconds between checks.", default=6, minimum=1,
-                                  maximum=3600)
-    on_failure: OnFailure = field("Remove, or Inhibit (weight 0; inhibit_on_failure).",
-                                  default=OnFailure.REMOVE)
+    retries: int = field(
+        "retry: failures before a server is marked down.", default=3, minimum=1, maximum=100
+    )
+    delay_before_retry_seconds: int = field(
+        "delay_before_retry.", default=1, minimum=0, maximum=300
+    )
+    interval_seconds: int = field(
+        "delay_loop: seconds between checks.", default=6, minimum=1, maximum=3600
+    )
+    on_failure: OnFailure = field(
+        "Remove, or Inhibit (weight 0; inhibit_on_failure).", default=OnFailure.REMOVE
+    )
     http: HTTPCheck | None = field("HTTP_GET settings; type HTTP only.")
     quorum: Quorum | None = field("Quorum and sorry server.")
 
@@ -679,12 +734,18 @@ class DrainPolicy:
     """What happens when a real server leaves: weight 0 first, deletion when its connections
     end or the deadline passes."""
 
-    timeout_seconds: int = field("Deadline before a draining server is deleted anyway.",
-                                 default=300, minimum=0, maximum=86400)
-    expire_nodest_conn: bool = field("Set net.ipv4.vs.expire_nodest_conn on directors.",
-                                     default=True)
+    timeout_seconds: int = field(
+        "Deadline before a draining server is deleted anyway.",
+        default=300,
+        minimum=0,
+        maximum=86400,
+    )
+    expire_nodest_conn: bool = field(
+        "Set net.ipv4.vs.expire_nodest_conn on directors.", default=True
+    )
     expire_quiescent_template: bool = field(
-        "Set net.ipv4.vs.expire_quiescent_template on directors.", default=True)
+        "Set net.ipv4.vs.expire_quiescent_template on directors.", default=True
+    )
 
 
 def _all_ports(s: VirtualServiceSpec) -> list[Protocol]:
@@ -753,8 +814,9 @@ class VirtualServiceSpec:
         default=False,
     )
     health_check: HealthCheck | None = field("Health checks for RealServer backends.")
-    drain: DrainPolicy = field("How departing real servers are drained.",
-                               default_factory=DrainPolicy)
+    drain: DrainPolicy = field(
+        "How departing real servers are drained.", default_factory=DrainPolicy
+    )
     ha: HighAvailability | None = field("Director high availability.")
 
     RULES: ClassVar[tuple[Rule, ...]] = (
@@ -777,8 +839,7 @@ class VirtualServiceSpec:
             cel="!has(self.persistence) || !has(self.persistence.prefixLength) || "
             "(ip(self.address).family() == 4 ? self.persistence.prefixLength <= 32 : "
             "self.persistence.prefixLength >= 1)",
-            message="persistence.prefixLength must be 0-32 for an IPv4 address and 1-128 for "
-            "IPv6",
+            message="persistence.prefixLength must be 0-32 for an IPv4 address and 1-128 for IPv6",
             check=_prefix_fits,
             field_path=".persistence.prefixLength",
         ),
@@ -786,9 +847,11 @@ class VirtualServiceSpec:
             cel="!self.onePacketScheduling || has(self.firewallMark) || "
             "self.ports.all(p, p.protocol == 'UDP')",
             message="onePacketScheduling is only for UDP ports (or a firewallMark service)",
-            check=lambda s: not s.one_packet_scheduling
-            or s.firewall_mark is not None
-            or all(p.protocol is Protocol.UDP for p in s.ports),
+            check=lambda s: (
+                not s.one_packet_scheduling
+                or s.firewall_mark is not None
+                or all(p.protocol is Protocol.UDP for p in s.ports)
+            ),
             field_path=".onePacketScheduling",
         ),
         Rule(
@@ -796,9 +859,11 @@ class VirtualServiceSpec:
             "(has(self.firewallMark) ? self.firewallMark.ports.all(p, p.protocol == 'UDP') : "
             "self.ports.all(p, p.protocol == 'UDP'))",
             message="persistence.engine sip needs UDP ports",
-            check=lambda s: s.persistence is None
-            or s.persistence.engine is None
-            or all(p is Protocol.UDP for p in _all_ports(s)),
+            check=lambda s: (
+                s.persistence is None
+                or s.persistence.engine is None
+                or all(p is Protocol.UDP for p in _all_ports(s))
+            ),
             field_path=".persistence.engine",
         ),
         Rule(
@@ -813,11 +878,13 @@ class VirtualServiceSpec:
             cel="!has(self.forwarding.sourceNAT) || !has(self.forwarding.sourceNAT.address) || "
             "ip(self.forwarding.sourceNAT.address).family() == ip(self.address).family()",
             message="forwarding.sourceNAT.address must be of the address's IP family",
-            check=lambda s: s.forwarding.source_nat is None
-            or s.forwarding.source_nat.address is None
-            or not is_ip(s.address)
-            or not is_ip(s.forwarding.source_nat.address)
-            or ip_family(s.forwarding.source_nat.address) == ip_family(s.address),
+            check=lambda s: (
+                s.forwarding.source_nat is None
+                or s.forwarding.source_nat.address is None
+                or not is_ip(s.address)
+                or not is_ip(s.forwarding.source_nat.address)
+                or ip_family(s.forwarding.source_nat.address) == ip_family(s.address)
+            ),
             field_path=".forwarding.sourceNAT.address",
         ),
     )
@@ -847,19 +914,32 @@ class RealServerSpec:
         minimum=1,
         maximum=65535,
     )
-    weight: int = field("IPVS weight, 0-65535 (ipvsadm -w); 0 takes no new connections.",
-                        default=1, minimum=0, maximum=65535)
-    upper_threshold: int = field("Upper connection threshold (ipvsadm -x); 0 = no limit.",
-                                 default=0, minimum=0, maximum=INT32_MAX)
-    lower_threshold: int = field("Lower connection threshold (ipvsadm -y); 0 = none.",
-                                 default=0, minimum=0, maximum=INT32_MAX)
+    weight: int = field(
+        "IPVS weight, 0-65535 (ipvsadm -w); 0 takes no new connections.",
+        default=1,
+        minimum=0,
+        maximum=65535,
+    )
+    upper_threshold: int = field(
+        "Upper connection threshold (ipvsadm -x); 0 = no limit.",
+        default=0,
+        minimum=0,
+        maximum=INT32_MAX,
+    )
+    lower_threshold: int = field(
+        "Lower connection threshold (ipvsadm -y); 0 = none.",
+        default=0,
+        minimum=0,
+        maximum=INT32_MAX,
+    )
     node_name: str | None = field(
         "Node where this address lives; DR/TUN real-server setup (VIP on lo, ARP sysctls, "
         "tunnel device) is applied there by its agent. Leave empty for servers set up by hand.",
         max_length=253,
     )
-    state: RealServerState = field("Enabled, Draining (weight 0) or Disabled (removed).",
-                                   default=RealServerState.ENABLED)
+    state: RealServerState = field(
+        "Enabled, Draining (weight 0) or Disabled (removed).", default=RealServerState.ENABLED
+    )
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(

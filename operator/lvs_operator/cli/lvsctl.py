@@ -40,17 +40,29 @@ def _parser() -> argparse.ArgumentParser:
         "would. Problems are printed to stderr; the exit status is 1 if any object is "
         "invalid or has an error.",
     )
-    plan.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
-                      help="manifest file or directory (repeatable; directories are read "
-                      "recursively)")
-    plan.add_argument("--node", action="append", metavar="NAME",
-                      help="only print the plan of this node (repeatable)")
-    plan.add_argument("--format", choices=("yaml", "json", "ipvsadm"), default="yaml",
-                      help="yaml/json: the plan objects agents apply; ipvsadm: what "
-                      "`ipvsadm -S -n` would print on each director, then shell commands for "
-                      "the rest (default: yaml)")
-    plan.add_argument("--all-nodes", action="store_true",
-                      help="include nodes whose plan is empty")
+    plan.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="manifest file or directory (repeatable; directories are read recursively)",
+    )
+    plan.add_argument(
+        "--node",
+        action="append",
+        metavar="NAME",
+        help="only print the plan of this node (repeatable)",
+    )
+    plan.add_argument(
+        "--format",
+        choices=("yaml", "json", "ipvsadm"),
+        default="yaml",
+        help="yaml/json: the plan objects agents apply; ipvsadm: what "
+        "`ipvsadm -S -n` would print on each director, then shell commands for "
+        "the rest (default: yaml)",
+    )
+    plan.add_argument("--all-nodes", action="store_true", help="include nodes whose plan is empty")
     return parser
 
 
@@ -69,19 +81,27 @@ def _plan(args: argparse.Namespace) -> int:
         unknown = sorted(set(args.node) - set(result.plans))
         if unknown:
             known = ", ".join(sorted(result.plans)) or "none (add Node manifests with -f)"
-            print(f"lvsctl: unknown node(s) {', '.join(unknown)}; known nodes: {known}",
-                  file=sys.stderr)
+            print(
+                f"lvsctl: unknown node(s) {', '.join(unknown)}; known nodes: {known}",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         plans = [p for p in plans if p.node in args.node]
     elif not args.all_nodes:
         plans = [p for p in plans if not p.empty]
     if not result.plans and any(getattr(o.ref, "kind", "") == "VirtualService" for o in objects):
-        print("warning: no Node manifests given, so no node can be a director; add the nodes "
-              "(e.g. -f examples/nodes.yaml)", file=sys.stderr)
+        print(
+            "warning: no Node manifests given, so no node can be a director; add the nodes "
+            "(e.g. -f examples/nodes.yaml)",
+            file=sys.stderr,
+        )
     has_error = bool(spec_errors)
     for issue in result.all_issues():
-        print(f"{issue.severity.lower()}: {issue.ref}: {issue.field + ': ' if issue.field else ''}"
-              f"{issue.message} ({issue.reason})", file=sys.stderr)
+        print(
+            f"{issue.severity.lower()}: {issue.ref}: {issue.field + ': ' if issue.field else ''}"
+            f"{issue.message} ({issue.reason})",
+            file=sys.stderr,
+        )
         has_error |= issue.severity == "Error" and not issue.transient
     if args.format == "ipvsadm":
         sys.stdout.write(render_ipvsadm(plans))

@@ -148,10 +148,9 @@ class Compiler:
             if key is not None:
                 self._slices[key].pop(ref.name, None)
                 self._dirty_vs |= self._vs_by_service.get(key, set())
-        elif ref.kind == "Node":
-            if self._nodes.pop(ref.name, None) is not None:
-                self._dirty_nodes.add(ref.name)
-                self._dirty_vs |= set(self._vs)
+        elif ref.kind == "Node" and self._nodes.pop(ref.name, None) is not None:
+            self._dirty_nodes.add(ref.name)
+            self._dirty_vs |= set(self._vs)
 
     def set_agent_nodes(self, agent_nodes: Iterable[str] | None) -> None:
         new = None if agent_nodes is None else frozenset(agent_nodes)
@@ -208,19 +207,21 @@ class Compiler:
         for key in touched_keys:
             contenders |= self._claims.get(key, set())
         for ref in contenders:
-            frag = self._fragments.get(ref)
+            current = self._fragments.get(ref)
             was_active = ref in self._active
-            now_active = frag is not None and frag.ok and all(
-                self._winner(key) == ref for key in frag.claims
+            now_active = (
+                current is not None
+                and current.ok
+                and all(self._winner(key) == ref for key in current.claims)
             )
             if now_active:
                 self._active.add(ref)
             else:
                 self._active.discard(ref)
-            if frag is not None and (ref in changed or was_active != now_active):
-                self._detach(frag)
+            if current is not None and (ref in changed or was_active != now_active):
+                self._detach(current)
                 if now_active:
-                    self._attach(frag)
+                    self._attach(current)
         for node in self._dirty_nodes:
             self._plans.pop(node, None)
             self._changed_nodes.add(node)
@@ -287,10 +288,16 @@ class Compiler:
                     winner = self._winner(key)
                     if winner is not None and winner != ref:
                         found[ref].append(_conflict(frag, key, winner))
-                        found[winner].append(Issue(
-                            winner, "ConflictRejected",
-                            f"{ref} also claims {_describe(key)}; it was rejected because this "
-                            "object is older", frag.claim_fields.get(key, ""), "Warning"))
+                        found[winner].append(
+                            Issue(
+                                winner,
+                                "ConflictRejected",
+                                f"{ref} also claims {_describe(key)}; it was rejected because this "
+                                "object is older",
+                                frag.claim_fields.get(key, ""),
+                                "Warning",
+                            )
+                        )
         return {ref: tuple(dict.fromkeys(v)) for ref, v in sorted(found.items())}
 
     def is_active(self, ref: ObjectRef) -> bool:
@@ -312,10 +319,12 @@ def _describe(key: tuple[object, ...]) -> str:
 def _conflict(frag: Fragment, key: tuple[object, ...], winner: ObjectRef) -> Issue:
     what = "Mark" if key[0] == "mark" else "Port"
     return Issue(
-        frag.ref, f"{what}Conflict",
+        frag.ref,
+        f"{what}Conflict",
         f"{_describe(key)} is already used by {winner} (older); this VirtualService is not "
         "programmed until the conflict is resolved: change its address, port or mark",
-        frag.claim_fields.get(key, ""))
+        frag.claim_fields.get(key, ""),
+    )
 
 
 def _assemble(node: str, parts: Mapping[ObjectRef, Fragment]) -> NodePlan:
@@ -339,7 +348,8 @@ def _assemble(node: str, parts: Mapping[ObjectRef, Fragment]) -> NodePlan:
                     vips[frag.vip.address] = frag.vip
                 else:
                     vips[frag.vip.address] = prior._replace(
-                        owners=tuple(sorted(set(prior.owners) | set(frag.vip.owners))))
+                        owners=tuple(sorted(set(prior.owners) | set(frag.vip.owners)))
+                    )
             ipsets.extend(frag.ipsets)
             marks.extend(frag.mark_rules)
             snats.extend(frag.snat_rules)
@@ -349,8 +359,11 @@ def _assemble(node: str, parts: Mapping[ObjectRef, Fragment]) -> NodePlan:
         if part is not None:
             for v in part.vips:
                 prior_v = lo_vips.get(v.key)
-                lo_vips[v.key] = v if prior_v is None else prior_v._replace(
-                    owners=tuple(sorted(set(prior_v.owners) | set(v.owners))))
+                lo_vips[v.key] = (
+                    v
+                    if prior_v is None
+                    else prior_v._replace(owners=tuple(sorted(set(prior_v.owners) | set(v.owners))))
+                )
             for t in part.tunnels:
                 tunnels.setdefault(t.name, t)
             for s in part.sysctls:

@@ -173,7 +173,8 @@ def _real_server_backends(
         return [], []
     out: list[_Backend] = []
     refs: list[ObjectRef] = []
-    for rs in view.real_servers(vs.ref.namespace):
+    seen: dict[tuple[str, int | None], ObjectRef] = {}
+    for rs in sorted(view.real_servers(vs.ref.namespace), key=lambda r: r.ref.name):
         if not selector.matches(dict(rs.labels)):
             continue
         refs.append(rs.ref)
@@ -181,6 +182,19 @@ def _real_server_backends(
             continue
         canon = canonical_ip(rs.spec.address)
         if canon is None:  # the schema makes this unreachable; stay safe anyway
+            continue
+        first = seen.setdefault((canon[0], rs.spec.port), rs.ref)
+        if first != rs.ref:
+            issues.append(
+                Issue(
+                    rs.ref,
+                    "DuplicateRealServer",
+                    f"{first} already provides {rs.spec.address} to {vs.ref}; this one is ignored "
+                    "there (delete one, or give them different ports)",
+                    "spec.address",
+                    "Warning",
+                )
+            )
             continue
         draining = rs.spec.state is RealServerState.DRAINING
         out.append(
@@ -202,7 +216,9 @@ def _real_server_backends(
     return out, refs
 
 
-def _endpoint_backends(vs: VirtualService, view: ClusterView, issues: list[Issue]) -> list[_Backend]:
+def _endpoint_backends(
+    vs: VirtualService, view: ClusterView, issues: list[Issue]
+) -> list[_Backend]:
     svc_ref = vs.spec.backends.service
     if svc_ref is None:
         return []
@@ -210,9 +226,14 @@ def _endpoint_backends(vs: VirtualService, view: ClusterView, issues: list[Issue
     slices = list(view.endpoint_slices(ns, svc_ref.name))
     if not slices and view.service(ns, svc_ref.name) is None:
         issues.append(
-            Issue(vs.ref, "ServiceNotFound",
-                  f"Service {ns}/{svc_ref.name} does not exist (yet); no endpoints to balance",
-                  "spec.backends.service.name", "Warning", transient=True)
+            Issue(
+                vs.ref,
+                "ServiceNotFound",
+                f"Service {ns}/{svc_ref.name} does not exist (yet); no endpoints to balance",
+                "spec.backends.service.name",
+                "Warning",
+                transient=True,
+            )
         )
         return []
     # Prefer EndpointSlices; v1 Endpoints only when no slice exists for the Service.
@@ -243,17 +264,28 @@ def _endpoint_backends(vs: VirtualService, view: ClusterView, issues: list[Issue
             if prior is not None and not prior.draining:
                 continue  # duplicate across slices: a ready copy wins over a draining one
             best[key] = _Backend(
-                address=canon[0], family=canon[1], sort_value=canon[2], port=None,
+                address=canon[0],
+                family=canon[1],
+                sort_value=canon[2],
+                port=None,
                 named_ports=named,
-                weight=0 if draining else b.weight, upper=b.upper_threshold,
-                lower=b.lower_threshold, draining=draining, node=ep.node_name, source=source,
+                weight=0 if draining else b.weight,
+                upper=b.upper_threshold,
+                lower=b.lower_threshold,
+                draining=draining,
+                node=ep.node_name,
+                source=source,
                 ref=None,
             )
     return list(best.values())
 
 
 def _dest_port(
-    spec: VirtualServiceSpec, idx: int, p: PortSpec, be: _Backend, issues: list[Issue],
+    spec: VirtualServiceSpec,
+    idx: int,
+    p: PortSpec,
+    be: _Backend,
+    issues: list[Issue],
     vs_ref: ObjectRef,
 ) -> int | None:
     """The real server's port for virtual port `p`, by LVS rules (None: skip the backend)."""
@@ -264,11 +296,16 @@ def _dest_port(
         if be.named_ports is not None:
             actual = _endpoint_port(p, be.named_ports)
         if actual is not None and actual != wanted:
-            issues.append(Issue(
-                be.ref or vs_ref, "PortIgnoredForDR",
-                f"{method.value} cannot change ports: {be.address} is used on port {wanted}, "
-                f"not {actual}; the server must listen on the virtual port",
-                f"spec.ports[{idx}]" if be.ref is None else "spec.port", "Warning"))
+            issues.append(
+                Issue(
+                    be.ref or vs_ref,
+                    "PortIgnoredForDR",
+                    f"{method.value} cannot change ports: {be.address} is used on port {wanted}, "
+                    f"not {actual}; the server must listen on the virtual port",
+                    f"spec.ports[{idx}]" if be.ref is None else "spec.port",
+                    "Warning",
+                )
+            )
         return wanted
     if isinstance(p.target_port, int):
         return p.target_port
@@ -277,11 +314,15 @@ def _dest_port(
     port = _endpoint_port(p, be.named_ports)
     if port is None:
         names = ", ".join(sorted(n or '""' for n in be.named_ports)) or "none"
-        issues.append(Issue(
-            vs_ref, "TargetPortNotFound",
-            f"cannot tell which EndpointSlice port serves virtual port {p.port}/{p.protocol.value}"
-            f" (slice ports: {names}); set spec.ports[{idx}].targetPort to one of those names",
-            f"spec.ports[{idx}].targetPort"))
+        issues.append(
+            Issue(
+                vs_ref,
+                "TargetPortNotFound",
+                f"cannot tell which EndpointSlice port serves virtual port {p.port}/{p.protocol.value}"
+                f" (slice ports: {names}); set spec.ports[{idx}].targetPort to one of those names",
+                f"spec.ports[{idx}].targetPort",
+            )
+        )
     return port
 
 
@@ -317,29 +358,42 @@ def compile_virtual_service(vs: VirtualService, view: ClusterView) -> Fragment:
     issues: list[Issue] = []
     canon = canonical_ip(spec.address)
     if canon is None:  # unreachable after schema validation
-        return Fragment(vs.ref, _order(vs), False, issues=(
-            Issue(vs.ref, "InvalidAddress", "not an IP address", "spec.address"),))
+        return Fragment(
+            vs.ref,
+            _order(vs),
+            False,
+            issues=(Issue(vs.ref, "InvalidAddress", "not an IP address", "spec.address"),),
+        )
     vip, family, _ = canon
     method = spec.forwarding.method
 
     directors = _directors(vs, view)
     if not directors:
-        issues.append(Issue(
-            vs.ref, "NoDirectors",
-            "spec.directors.nodeSelector matches no node running the lvs agent; label a node "
-            "to match it (e.g. kubectl label node NAME lvs.dev/director=true)",
-            "spec.directors.nodeSelector", transient=True))
+        issues.append(
+            Issue(
+                vs.ref,
+                "NoDirectors",
+                "spec.directors.nodeSelector matches no node running the lvs agent; label a node "
+                "to match it (e.g. kubectl label node NAME lvs.dev/director=true)",
+                "spec.directors.nodeSelector",
+                transient=True,
+            )
+        )
 
     rs_backends, rs_refs = _real_server_backends(vs, view, issues)
     backends = rs_backends + _endpoint_backends(vs, view, issues)
     usable: list[_Backend] = []
     for be in backends:
         if be.family != family and method is not ForwardingMethod.TUN:
-            issues.append(Issue(
-                be.ref or vs.ref, "AddressFamilyMismatch",
-                f"real server {be.address} is IPv{be.family} but the VIP {vip} is IPv{family}; "
-                "only TUN forwarding can mix families", "spec.address" if be.ref else
-                "spec.backends.service"))
+            issues.append(
+                Issue(
+                    be.ref or vs.ref,
+                    "AddressFamilyMismatch",
+                    f"real server {be.address} is IPv{be.family} but the VIP {vip} is IPv{family}; "
+                    "only TUN forwarding can mix families",
+                    "spec.address" if be.ref else "spec.backends.service",
+                )
+            )
             continue
         usable.append(be)
 
@@ -358,8 +412,17 @@ def compile_virtual_service(vs: VirtualService, view: ClusterView) -> Fragment:
             if port is None:
                 continue
             d = Destination(
-                be.address, port, forward, be.weight, be.upper, be.lower, tun_type, tun_port,
-                tun_csum, be.draining, be.source,
+                be.address,
+                port,
+                forward,
+                be.weight,
+                be.upper,
+                be.lower,
+                tun_type,
+                tun_port,
+                tun_csum,
+                be.draining,
+                be.source,
             )
             prior = dests.get(d.key)
             if prior is None or (prior[1].draining and not d.draining):
@@ -379,11 +442,16 @@ def compile_virtual_service(vs: VirtualService, view: ClusterView) -> Fragment:
             claims.append(ck)
             claim_fields[ck] = f"spec.firewallMark.ports[{i}]"
         if spec.firewall_mark.mark & 0xC000:
-            issues.append(Issue(
-                vs.ref, "MarkOverlapsKubeProxy",
-                f"mark {spec.firewall_mark.mark:#x} sets bit 0x4000 or 0x8000, which kube-proxy "
-                "uses for masquerade/drop; pick a mark below 0x4000 to avoid interference",
-                "spec.firewallMark.mark", "Warning"))
+            issues.append(
+                Issue(
+                    vs.ref,
+                    "MarkOverlapsKubeProxy",
+                    f"mark {spec.firewall_mark.mark:#x} sets bit 0x4000 or 0x8000, which kube-proxy "
+                    "uses for masquerade/drop; pick a mark below 0x4000 to avoid interference",
+                    "spec.firewallMark.mark",
+                    "Warning",
+                )
+            )
 
     ipsets, mark_rules = _mark_plan(spec, vip, family, owner)
     snat = _snat_plan(spec, ports, vip, family, owner)
@@ -391,7 +459,10 @@ def compile_virtual_service(vs: VirtualService, view: ClusterView) -> Fragment:
     backend_parts = _backend_parts(spec, usable, vip, family, owner, view, issues)
 
     vip_entry = VIPAddress(
-        vip, 32 if family == 4 else 128, spec.directors.interface or "", (owner,),
+        vip,
+        32 if family == 4 else 128,
+        spec.directors.interface or "",
+        (owner,),
         spec.ha.mode.value if spec.ha is not None else "None",
     )
     ok = not any(i.severity == "Error" and i.ref == vs.ref and not i.transient for i in issues)
@@ -442,7 +513,10 @@ def _service_ports(
 
 
 def _ipvs_service(
-    spec: VirtualServiceSpec, key: ServiceKey, dests: tuple[Destination, ...], owner: str,
+    spec: VirtualServiceSpec,
+    key: ServiceKey,
+    dests: tuple[Destination, ...],
+    owner: str,
     family: int,
 ) -> IPVSService:
     flags = tuple(sorted((f.value for f in spec.scheduler.flags), key=_FLAG_ORDER.__getitem__))
@@ -450,9 +524,8 @@ def _ipvs_service(
     engine = ""
     if spec.persistence is not None:
         timeout = spec.persistence.timeout
-        default_prefix = 32 if family == 4 else 128
-        prefix = spec.persistence.prefix_length
-        prefix = default_prefix if prefix is None else prefix
+        declared = spec.persistence.prefix_length
+        prefix = (32 if family == 4 else 128) if declared is None else declared
         engine = spec.persistence.engine.value if spec.persistence.engine else ""
     return IPVSService(
         key=key,
@@ -483,19 +556,23 @@ def _mark_plan(
     fam = "inet" if family == 4 else "inet6"
     dst, src, exc = ipset_names(fm.mark, family)
     host = vip
-    entries = tuple(sorted(
-        (f"{host},{_PROTO[p.protocol.value]}:{p.port}" for p in fm.ports),
-        key=lambda e: (e.split(",")[1].split(":")[0], int(e.rsplit(":", 1)[1])),
-    ))
+    entries = tuple(
+        sorted(
+            (f"{host},{_PROTO[p.protocol.value]}:{p.port}" for p in fm.ports),
+            key=lambda e: (e.split(",")[1].split(":")[0], int(e.rsplit(":", 1)[1])),
+        )
+    )
     sets = [IPSetPlan(dst, "hash:ip,port", fam, entries, owner)]
     src_name = exc_name = ""
     if fm.source_ranges:
-        sets.append(IPSetPlan(src, "hash:net", fam, tuple(sorted(_net(c) for c in fm.source_ranges)),
-                              owner))
+        sets.append(
+            IPSetPlan(src, "hash:net", fam, tuple(sorted(_net(c) for c in fm.source_ranges)), owner)
+        )
         src_name = src
     if fm.except_ranges:
-        sets.append(IPSetPlan(exc, "hash:net", fam, tuple(sorted(_net(c) for c in fm.except_ranges)),
-                              owner))
+        sets.append(
+            IPSetPlan(exc, "hash:net", fam, tuple(sorted(_net(c) for c in fm.except_ranges)), owner)
+        )
         exc_name = exc
     return tuple(sets), (MarkRule(fm.mark, family, dst, src_name, exc_name, owner),)
 
@@ -509,8 +586,11 @@ def _net(cidr: str) -> str:
 
 
 def _snat_plan(
-    spec: VirtualServiceSpec, ports: list[tuple[ServiceKey, PortSpec | None]], vip: str,
-    family: int, owner: str,
+    spec: VirtualServiceSpec,
+    ports: list[tuple[ServiceKey, PortSpec | None]],
+    vip: str,
+    family: int,
+    owner: str,
 ) -> tuple[SNATRule, ...]:
     if spec.forwarding.method is not ForwardingMethod.FULLNAT:
         return ()
@@ -527,8 +607,11 @@ def _snat_plan(
 def _director_sysctls(spec: VirtualServiceSpec, family: int) -> tuple[Sysctl, ...]:
     out: list[Sysctl] = []
     if spec.forwarding.method in (ForwardingMethod.NAT, ForwardingMethod.FULLNAT):
-        out.append(Sysctl("net.ipv4.ip_forward", "1") if family == 4
-                   else Sysctl("net.ipv6.conf.all.forwarding", "1"))
+        out.append(
+            Sysctl("net.ipv4.ip_forward", "1")
+            if family == 4
+            else Sysctl("net.ipv6.conf.all.forwarding", "1")
+        )
     if spec.forwarding.method is ForwardingMethod.FULLNAT:
         out.append(Sysctl("net.ipv4.vs.conntrack", "1"))  # lets iptables SNAT see IPVS flows
     if spec.drain.expire_nodest_conn:
@@ -539,8 +622,13 @@ def _director_sysctls(spec: VirtualServiceSpec, family: int) -> tuple[Sysctl, ..
 
 
 def _backend_parts(
-    spec: VirtualServiceSpec, backends: list[_Backend], vip: str, family: int, owner: str,
-    view: ClusterView, issues: list[Issue],
+    spec: VirtualServiceSpec,
+    backends: list[_Backend],
+    vip: str,
+    family: int,
+    owner: str,
+    view: ClusterView,
+    issues: list[Issue],
 ) -> dict[str, BackendPart]:
     method = spec.forwarding.method
     if method not in (ForwardingMethod.DR, ForwardingMethod.TUN):
@@ -549,9 +637,11 @@ def _backend_parts(
     sysctls: list[Sysctl] = []
     tunnels: list[TunnelDevice] = []
     if family == 4:
-        for dev in ("all", "lo"):
-            sysctls += [Sysctl(f"net.ipv4.conf.{dev}.arp_ignore", "1"),
-                        Sysctl(f"net.ipv4.conf.{dev}.arp_announce", "2")]
+        for scope in ("all", "lo"):
+            sysctls += [
+                Sysctl(f"net.ipv4.conf.{scope}.arp_ignore", "1"),
+                Sysctl(f"net.ipv4.conf.{scope}.arp_announce", "2"),
+            ]
     if method is ForwardingMethod.TUN:
         tunnel = spec.forwarding.tunnel
         ttype = tunnel.type if tunnel is not None else TunnelType.IPIP
@@ -565,8 +655,10 @@ def _backend_parts(
         tunnels.append(dev)
         if family == 4:
             # Decapsulated packets arrive from client addresses not routed via the tunnel.
-            sysctls += [Sysctl("net.ipv4.conf.all.rp_filter", "0"),
-                        Sysctl(f"net.ipv4.conf.{dev.name}.rp_filter", "0")]
+            sysctls += [
+                Sysctl("net.ipv4.conf.all.rp_filter", "0"),
+                Sysctl(f"net.ipv4.conf.{dev.name}.rp_filter", "0"),
+            ]
     part = BackendPart(
         vips=(LoopbackVIP(vip, prefix, "lo", (owner,)),),
         tunnels=tuple(tunnels),
@@ -577,12 +669,17 @@ def _backend_parts(
         if not be.node:
             continue
         if not view.has_agent(be.node):
-            issues.append(Issue(
-                be.ref or ObjectRef("VirtualService", *owner.split("/", 1)), "NodeWithoutAgent",
-                f"{method.value} real server {be.address} is on node {be.node}, which runs no lvs "
-                "agent, so nobody puts the VIP on its lo; run the agent there or configure the "
-                "server by hand and clear nodeName", "spec.nodeName" if be.ref else
-                "spec.backends.service", "Warning"))
+            issues.append(
+                Issue(
+                    be.ref or ObjectRef("VirtualService", *owner.split("/", 1)),
+                    "NodeWithoutAgent",
+                    f"{method.value} real server {be.address} is on node {be.node}, which runs no lvs "
+                    "agent, so nobody puts the VIP on its lo; run the agent there or configure the "
+                    "server by hand and clear nodeName",
+                    "spec.nodeName" if be.ref else "spec.backends.service",
+                    "Warning",
+                )
+            )
             continue
         out[be.node] = part
     return out

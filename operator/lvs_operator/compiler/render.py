@@ -42,7 +42,12 @@ _AF = {4: 2, 6: 10}  # AF_INET, AF_INET6
 _PROTO_NUM = {"tcp": 6, "udp": 17, "sctp": 132, "": 0}
 _PROTO_OPT = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
 _FWD = {FORWARD_MASQ: "-m", FORWARD_ROUTE: "-g", FORWARD_TUNNEL: "-i"}
-_CSUM = {"none": "--tun-nocsum", "csum": "--tun-csum", "remcsum": "--tun-remcsum", "": "--tun-nocsum"}
+_CSUM = {
+    "none": "--tun-nocsum",
+    "csum": "--tun-csum",
+    "remcsum": "--tun-remcsum",
+    "": "--tun-nocsum",
+}
 
 
 def _s32(value: int) -> int:
@@ -191,12 +196,12 @@ def node_commands(plan: NodePlan) -> list[str]:
             out.append(f"ipset add {st.name} {entry}")
     for family in (4, 6):
         tool = "iptables" if family == 4 else "ip6tables"
-        rules = [r for r in d.mark_rules if r.family == family]
-        if rules:
+        marks = [m for m in d.mark_rules if m.family == family]
+        if marks:
             out.append(f"{tool} -t mangle -N {MARK_CHAIN}")
             out.append(f"{tool} -t mangle -A PREROUTING -j {MARK_CHAIN}")
-            for r in rules:
-                out.append(f"{tool} -t mangle -A {MARK_CHAIN} {_shell(mark_rule_args(r))}")
+            for m in marks:
+                out.append(f"{tool} -t mangle -A {MARK_CHAIN} {_shell(mark_rule_args(m))}")
         snats = [r for r in d.snat_rules if r.family == family]
         if snats:
             out.append(f"{tool} -t nat -N {SNAT_CHAIN}")
@@ -224,8 +229,14 @@ def render_ipvsadm(plans: Iterable[NodePlan]) -> str:
     for plan in plans:
         if plan.empty:
             continue
-        roles = [r for r, present in (("director", plan.director.services or plan.director.vips),
-                                      ("real server", plan.backend.vips)) if present]
+        roles = [
+            r
+            for r, present in (
+                ("director", plan.director.services or plan.director.vips),
+                ("real server", plan.backend.vips),
+            )
+            if present
+        ]
         chunks.append(f"# node {plan.node} ({', '.join(roles)})")
         if plan.director.services:
             chunks.append("# ipvsadm -S -n")
