@@ -14,7 +14,7 @@ and carries an Error naming the winner. Nothing else is dropped.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..api.objects import (
@@ -26,19 +26,16 @@ from ..api.objects import (
     Service,
     VirtualService,
 )
-from .fragment import Fragment, Issue, compile_virtual_service
+from .fragment import (
+    BackendGroup,
+    Fragment,
+    Issue,
+    compile_virtual_service,
+    digest_endpoint_slice,
+)
+from .nodeplan import NodeAggregate
 from .plan import (
-    BackendPlan,
-    DirectorPlan,
-    IPSetPlan,
-    IPVSService,
-    LoopbackVIP,
-    MarkRule,
     NodePlan,
-    SNATRule,
-    Sysctl,
-    TunnelDevice,
-    VIPAddress,
 )
 
 __all__ = ["CompileResult", "Compiler", "compile_cluster"]
@@ -63,7 +60,10 @@ class Compiler:
         self._vs: dict[ObjectRef, VirtualService] = {}
         self._rs_by_ns: dict[str, dict[str, RealServer]] = defaultdict(dict)
         self._services: dict[tuple[str, str], Service] = {}
-        self._slices: dict[tuple[str, str], dict[str, EndpointSlice]] = defaultdict(dict)
+        # Service -> slice name -> (from legacy v1 Endpoints?, digested slice)
+        self._slices: dict[tuple[str, str], dict[str, tuple[bool, BackendGroup | None]]] = (
+            defaultdict(dict)
+        )
         self._slice_service: dict[ObjectRef, tuple[str, str]] = {}
         self._nodes: dict[str, Node] = {}
         # dependency indexes
@@ -73,8 +73,8 @@ class Compiler:
         self._fragments: dict[ObjectRef, Fragment] = {}
         self._claims: dict[tuple[object, ...], set[ObjectRef]] = defaultdict(set)
         self._active: set[ObjectRef] = set()
-        self._node_parts: dict[str, dict[ObjectRef, Fragment]] = defaultdict(dict)
-        self._plans: dict[str, NodePlan] = {}
+        self._node_state: dict[str, NodeAggregate] = {}
+        self._attached: dict[ObjectRef, Fragment] = {}  # fragments currently in node plans
         self._dirty_vs: set[ObjectRef] = set()
         self._dirty_nodes: set[str] = set()
         self._changed_nodes: set[str] = set()
@@ -95,8 +95,17 @@ class Compiler:
     def service(self, namespace: str, name: str) -> Service | None:
         return self._services.get((namespace, name))
 
-    def endpoint_slices(self, namespace: str, service: str) -> Iterable[EndpointSlice]:
-        return self._slices.get((namespace, service), {}).values()
+    def endpoint_groups(self, namespace: str, service: str) -> Sequence[BackendGroup]:
+        entries = self._slices.get((namespace, service))
+        if not entries:
+            return ()
+        # v1 Endpoints only count when the Service has no EndpointSlice at all.
+        modern = any(not legacy for legacy, _ in entries.values())
+        return [
+            group
+            for _, (legacy, group) in sorted(entries.items())
+            if group is not None and not (modern and legacy)
+        ]
 
     # ----------------------------------------------------------------- input
 
@@ -123,7 +132,7 @@ class Compiler:
             if old_key is not None and old_key != key:
                 self._slices[old_key].pop(ref.name, None)
                 self._dirty_vs |= self._vs_by_service.get(old_key, set())
-            self._slices[key][ref.name] = obj
+            self._slices[key][ref.name] = (obj.from_legacy_endpoints, digest_endpoint_slice(obj))
             self._slice_service[ref] = key
             self._dirty_vs |= self._vs_by_service.get(key, set())
         elif isinstance(obj, Node):
@@ -156,7 +165,7 @@ class Compiler:
         new = None if agent_nodes is None else frozenset(agent_nodes)
         if new != self._agent_filter:
             self._agent_filter = new
-            self._dirty_nodes |= set(self._nodes) | set(self._plans)
+            self._dirty_nodes |= set(self._nodes) | set(self._node_state)
             self._dirty_vs |= set(self._vs)
 
     def _forget_vs_indexes(self, ref: ObjectRef) -> None:
@@ -223,7 +232,6 @@ class Compiler:
                 if now_active:
                     self._attach(current)
         for node in self._dirty_nodes:
-            self._plans.pop(node, None)
             self._changed_nodes.add(node)
         self._dirty_nodes = set()
 
@@ -235,16 +243,20 @@ class Compiler:
 
     def _attach(self, frag: Fragment) -> None:
         for node in frag.nodes:
-            self._node_parts[node][frag.ref] = frag
-            self._plans.pop(node, None)
+            state = self._node_state.get(node)
+            if state is None:
+                state = self._node_state[node] = NodeAggregate(node)
+            state.attach(frag)
+            self._attached[frag.ref] = frag
             self._changed_nodes.add(node)
 
     def _detach(self, frag: Fragment) -> None:
+        if self._attached.get(frag.ref) is not frag:
+            return  # never attached (inactive) or already detached
+        del self._attached[frag.ref]
         for node in frag.nodes:
-            parts = self._node_parts.get(node)
-            if parts is not None and parts.pop(frag.ref, None) is not None:
-                self._plans.pop(node, None)
-                self._changed_nodes.add(node)
+            self._node_state[node].detach(frag)
+            self._changed_nodes.add(node)
 
     # ----------------------------------------------------------------- output
 
@@ -256,11 +268,8 @@ class Compiler:
 
     def plan(self, node: str) -> NodePlan:
         self._flush()
-        cached = self._plans.get(node)
-        if cached is None:
-            cached = _assemble(node, self._node_parts.get(node, {}))
-            self._plans[node] = cached
-        return cached
+        state = self._node_state.get(node)
+        return state.plan() if state is not None else NodePlan(node)
 
     def plans(self) -> dict[str, NodePlan]:
         return {node: self.plan(node) for node in self.nodes()}
@@ -325,78 +334,6 @@ def _conflict(frag: Fragment, key: tuple[object, ...], winner: ObjectRef) -> Iss
         "programmed until the conflict is resolved: change its address, port or mark",
         frag.claim_fields.get(key, ""),
     )
-
-
-def _assemble(node: str, parts: Mapping[ObjectRef, Fragment]) -> NodePlan:
-    """Merge the fragments that concern one node into its plan, in canonical order."""
-    services: list[IPVSService] = []
-    vips: dict[str, VIPAddress] = {}
-    ipsets: list[IPSetPlan] = []
-    marks: list[MarkRule] = []
-    snats: list[SNATRule] = []
-    director_sysctls: dict[str, str] = {}
-    lo_vips: dict[tuple[str, str], LoopbackVIP] = {}
-    tunnels: dict[str, TunnelDevice] = {}
-    backend_sysctls: dict[str, str] = {}
-    for ref in sorted(parts):
-        frag = parts[ref]
-        if node in frag.directors:
-            services.extend(frag.services)
-            if frag.vip is not None:
-                prior = vips.get(frag.vip.address)
-                if prior is None:
-                    vips[frag.vip.address] = frag.vip
-                else:
-                    vips[frag.vip.address] = prior._replace(
-                        owners=tuple(sorted(set(prior.owners) | set(frag.vip.owners)))
-                    )
-            ipsets.extend(frag.ipsets)
-            marks.extend(frag.mark_rules)
-            snats.extend(frag.snat_rules)
-            for s in frag.sysctls:
-                director_sysctls[s.key] = max(director_sysctls.get(s.key, s.value), s.value)
-        part = frag.backend_parts.get(node)
-        if part is not None:
-            for v in part.vips:
-                prior_v = lo_vips.get(v.key)
-                lo_vips[v.key] = (
-                    v
-                    if prior_v is None
-                    else prior_v._replace(owners=tuple(sorted(set(prior_v.owners) | set(v.owners))))
-                )
-            for t in part.tunnels:
-                tunnels.setdefault(t.name, t)
-            for s in part.sysctls:
-                backend_sysctls[s.key] = s.value
-    services.sort(key=_service_order)
-    director = DirectorPlan(
-        services=tuple(services),
-        vips=tuple(sorted(vips.values(), key=lambda v: _addr_order(v.address))),
-        ipsets=tuple(sorted(ipsets, key=lambda s: s.name)),
-        mark_rules=tuple(sorted(marks, key=lambda m: (m.family, m.mark))),
-        snat_rules=tuple(sorted(snats, key=lambda r: r.key)),
-        sysctls=tuple(Sysctl(k, v) for k, v in sorted(director_sysctls.items())),
-    )
-    backend = BackendPlan(
-        vips=tuple(sorted(lo_vips.values(), key=lambda v: (v.device, _addr_order(v.address)))),
-        tunnels=tuple(sorted(tunnels.values(), key=lambda t: t.name)),
-        sysctls=tuple(Sysctl(k, v) for k, v in sorted(backend_sysctls.items())),
-    )
-    return NodePlan(node, director, backend)
-
-
-def _addr_order(address: str) -> tuple[int, int]:
-    from .fragment import canonical_ip
-
-    canon = canonical_ip(address)
-    return (canon[1], canon[2]) if canon else (0, 0)
-
-
-def _service_order(s: IPVSService) -> tuple[int, int, int, int, int]:
-    """ipvsadm's order: fwmark, then family, protocol number, address, port."""
-    proto = {"tcp": 6, "udp": 17, "sctp": 132, "": 0}[s.key.protocol]
-    fam, value = _addr_order(s.key.address) if s.key.address else (s.key.family, 0)
-    return (s.key.fwmark, 2 if fam == 4 else 10, proto, value, s.key.port)
 
 
 def compile_cluster(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..api.objects import EndpointSlice, Node, ObjectRef, RealServer, Service, VirtualService
 from ..api.types import (
@@ -39,12 +39,14 @@ from .plan import (
 )
 
 __all__ = [
+    "BackendGroup",
     "BackendPart",
     "ClusterView",
     "Fragment",
     "Issue",
     "canonical_ip",
     "compile_virtual_service",
+    "digest_endpoint_slice",
 ]
 
 # Kernel flag bit order (IP_VS_SVC_F_SCHED1/2): ipvsadm prints them in this order.
@@ -112,66 +114,86 @@ class ClusterView(Protocol):
     def has_agent(self, node: str) -> bool: ...
     def real_servers(self, namespace: str) -> Iterable[RealServer]: ...
     def service(self, namespace: str, name: str) -> Service | None: ...
-    def endpoint_slices(self, namespace: str, service: str) -> Iterable[EndpointSlice]: ...
+    def endpoint_groups(self, namespace: str, service: str) -> Sequence[BackendGroup]:
+        """The Service's digested EndpointSlices (or legacy Endpoints), in slice-name order."""
+        ...
 
 
 # --------------------------------------------------------------------------- addresses
 
-_CANONICAL: dict[str, tuple[str, int, int] | None] = {}
-
 
 def canonical_ip(text: str) -> tuple[str, int, int] | None:
-    """(canonical text, family, integer value) or None.
+    """(canonical text, family, integer value) or None for anything but a plain address.
 
-    Memoised because a cluster repeats the same addresses across ports and services; the
-    integer orders destinations the way ipvsadm sorts them.
+    The integer orders destinations the way ipvsadm sorts them. glibc's inet_pton accepts only
+    canonical dotted quads, so IPv4 text that parses is already canonical.
     """
-    hit = _CANONICAL.get(text)
-    if hit is not None or text in _CANONICAL:
-        return hit
-    result: tuple[str, int, int] | None
     try:
-        packed = socket.inet_pton(socket.AF_INET, text)
-        ok = socket.inet_ntop(socket.AF_INET, packed) == text
-        result = (text, 4, int.from_bytes(packed, "big")) if ok else None
+        return (text, 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big"))
     except OSError:
-        try:
-            addr = ipaddress.IPv6Address(text)
-            bad = addr.ipv4_mapped is not None or addr.scope_id is not None
-            result = None if bad else (str(addr), 6, int(addr))
-        except ValueError:
-            result = None
-    if len(_CANONICAL) < 4_000_000:
-        _CANONICAL[text] = result
-    return result
+        pass
+    try:
+        addr = ipaddress.IPv6Address(text)
+    except ValueError:
+        return None
+    if addr.ipv4_mapped is not None or addr.scope_id is not None:
+        return None
+    return (str(addr), 6, int(addr))
 
 
 # --------------------------------------------------------------------------- backends
 
 
-@dataclass(slots=True)
-class _Backend:
-    address: str
+class BackendGroup(NamedTuple):
+    """Real servers that share where their port and weight come from: one RealServer, or one
+    EndpointSlice digested once when it arrives (a slice holds up to 100 endpoints)."""
+
+    source: str  # "RealServer ns/name" or "EndpointSlice ns/name", for status and debugging
     family: int
-    sort_value: int  # the address as an integer, for ipvsadm's order
-    port: int | None  # RealServer.spec.port, or None
-    named_ports: Mapping[str, int] | None  # EndpointSlice port name -> number
-    weight: int
-    upper: int
-    lower: int
-    draining: bool
-    node: str | None
-    source: str
-    ref: ObjectRef | None  # the RealServer, to attach its issues
+    members: tuple[tuple[str, int, bool, str | None], ...]  # (address, sort value, draining, node)
+    ref: ObjectRef | None = None  # the RealServer, to attach its issues
+    port: int | None = None  # RealServer.spec.port
+    named_ports: Mapping[str, int] | None = None  # EndpointSlice port name -> number
+    weight: int | None = None  # RealServer weight; None: the VirtualService's backends.weight
+    upper: int | None = None
+    lower: int | None = None
 
 
-def _real_server_backends(
+def digest_endpoint_slice(sl: EndpointSlice) -> BackendGroup | None:
+    """An EndpointSlice as a backend group: ready endpoints take traffic, serving and
+    terminating ones drain, the rest are left out. None for FQDN slices."""
+    family = {"IPv4": 4, "IPv6": 6}.get(sl.address_type)
+    if family is None:
+        return None
+    members = []
+    for ep in sl.endpoints:
+        if ep.ready:
+            draining = False
+        elif ep.serving and ep.terminating:
+            draining = True
+        else:
+            continue
+        if not ep.addresses:
+            continue
+        canon = canonical_ip(ep.addresses[0])  # EndpointSlice: the first address is the one
+        if canon is None or canon[1] != family:
+            continue
+        members.append((canon[0], canon[2], draining, ep.node_name))
+    return BackendGroup(
+        source=str(sl.ref),
+        family=family,
+        members=tuple(members),
+        named_ports={p.name: p.port for p in sl.ports},
+    )
+
+
+def _real_server_groups(
     vs: VirtualService, view: ClusterView, issues: list[Issue]
-) -> tuple[list[_Backend], list[ObjectRef]]:
+) -> tuple[list[BackendGroup], list[ObjectRef]]:
     selector = vs.spec.backends.real_server_selector
     if selector is None:
         return [], []
-    out: list[_Backend] = []
+    out: list[BackendGroup] = []
     refs: list[ObjectRef] = []
     seen: dict[tuple[str, int | None], ObjectRef] = {}
     for rs in sorted(view.real_servers(vs.ref.namespace), key=lambda r: r.ref.name):
@@ -198,33 +220,29 @@ def _real_server_backends(
             continue
         draining = rs.spec.state is RealServerState.DRAINING
         out.append(
-            _Backend(
-                address=canon[0],
+            BackendGroup(
+                source=str(rs.ref),
                 family=canon[1],
-                sort_value=canon[2],
+                members=((canon[0], canon[2], draining, rs.spec.node_name),),
+                ref=rs.ref,
                 port=rs.spec.port,
-                named_ports=None,
-                weight=0 if draining else rs.spec.weight,
+                weight=rs.spec.weight,
                 upper=rs.spec.upper_threshold,
                 lower=rs.spec.lower_threshold,
-                draining=draining,
-                node=rs.spec.node_name,
-                source=str(rs.ref),
-                ref=rs.ref,
             )
         )
     return out, refs
 
 
-def _endpoint_backends(
+def _endpoint_groups(
     vs: VirtualService, view: ClusterView, issues: list[Issue]
-) -> list[_Backend]:
+) -> list[BackendGroup]:
     svc_ref = vs.spec.backends.service
     if svc_ref is None:
         return []
     ns = vs.ref.namespace
-    slices = list(view.endpoint_slices(ns, svc_ref.name))
-    if not slices and view.service(ns, svc_ref.name) is None:
+    groups = list(view.endpoint_groups(ns, svc_ref.name))
+    if not groups and view.service(ns, svc_ref.name) is None:
         issues.append(
             Issue(
                 vs.ref,
@@ -235,85 +253,40 @@ def _endpoint_backends(
                 transient=True,
             )
         )
-        return []
-    # Prefer EndpointSlices; v1 Endpoints only when no slice exists for the Service.
-    if any(not s.from_legacy_endpoints for s in slices):
-        slices = [s for s in slices if not s.from_legacy_endpoints]
-    b = vs.spec.backends
-    best: dict[tuple[str, tuple[tuple[str, int], ...]], _Backend] = {}
-    for sl in sorted(slices, key=lambda s: s.ref.name):
-        if sl.address_type not in ("IPv4", "IPv6"):
-            continue
-        named = {p.name: p.port for p in sl.ports}
-        named_key = tuple(sorted(named.items()))
-        source = str(sl.ref)
-        for ep in sl.endpoints:
-            if ep.ready:
-                draining = False
-            elif ep.serving and ep.terminating:
-                draining = True
-            else:
-                continue
-            if not ep.addresses:
-                continue
-            canon = canonical_ip(ep.addresses[0])
-            if canon is None:
-                continue
-            key = (canon[0], named_key)
-            prior = best.get(key)
-            if prior is not None and not prior.draining:
-                continue  # duplicate across slices: a ready copy wins over a draining one
-            best[key] = _Backend(
-                address=canon[0],
-                family=canon[1],
-                sort_value=canon[2],
-                port=None,
-                named_ports=named,
-                weight=0 if draining else b.weight,
-                upper=b.upper_threshold,
-                lower=b.lower_threshold,
-                draining=draining,
-                node=ep.node_name,
-                source=source,
-                ref=None,
-            )
-    return list(best.values())
+    return groups
 
 
-def _dest_port(
+def _group_port(
     spec: VirtualServiceSpec,
     idx: int,
     p: PortSpec,
-    be: _Backend,
+    g: BackendGroup,
     issues: list[Issue],
     vs_ref: ObjectRef,
 ) -> int | None:
-    """The real server's port for virtual port `p`, by LVS rules (None: skip the backend)."""
+    """The real servers' port for virtual port `p`, by LVS rules (None: skip the group)."""
     method = spec.forwarding.method
     if method in (ForwardingMethod.DR, ForwardingMethod.TUN):
-        wanted = p.port
-        actual = be.port
-        if be.named_ports is not None:
-            actual = _endpoint_port(p, be.named_ports)
-        if actual is not None and actual != wanted:
+        actual = g.port if g.named_ports is None else _endpoint_port(p, g.named_ports)
+        if actual is not None and actual != p.port:
             issues.append(
                 Issue(
-                    be.ref or vs_ref,
+                    g.ref or vs_ref,
                     "PortIgnoredForDR",
-                    f"{method.value} cannot change ports: {be.address} is used on port {wanted}, "
-                    f"not {actual}; the server must listen on the virtual port",
-                    f"spec.ports[{idx}]" if be.ref is None else "spec.port",
+                    f"{method.value} cannot change ports: {g.source} is used on port {p.port}, "
+                    f"not {actual}; its servers must listen on the virtual port",
+                    "spec.port" if g.ref is not None else f"spec.ports[{idx}]",
                     "Warning",
                 )
             )
-        return wanted
+        return p.port
     if isinstance(p.target_port, int):
         return p.target_port
-    if be.named_ports is None:  # RealServer
-        return be.port if be.port is not None else p.port
-    port = _endpoint_port(p, be.named_ports)
+    if g.named_ports is None:  # RealServer
+        return g.port if g.port is not None else p.port
+    port = _endpoint_port(p, g.named_ports)
     if port is None:
-        names = ", ".join(sorted(n or '""' for n in be.named_ports)) or "none"
+        names = ", ".join(sorted(n or '""' for n in g.named_ports)) or "none"
         issues.append(
             Issue(
                 vs_ref,
@@ -351,6 +324,45 @@ def _directors(vs: VirtualService, view: ClusterView) -> tuple[str, ...]:
     return tuple(sorted(n.ref.name for n in view.agent_nodes() if selector.matches(dict(n.labels))))
 
 
+def _destinations(
+    spec: VirtualServiceSpec,
+    groups: list[BackendGroup],
+    port_of: list[int | None],
+    fwd: tuple[str, str, int, str],
+) -> tuple[Destination, ...]:
+    """One service's destinations in ipvsadm order; a ready duplicate beats a draining one."""
+    forward, tun_type, tun_port, tun_csum = fwd
+    b = spec.backends
+    dests: dict[tuple[str, int], tuple[tuple[int, int], Destination]] = {}
+    for g, port in zip(groups, port_of, strict=True):
+        if port is None:
+            continue
+        weight = b.weight if g.weight is None else g.weight
+        upper = b.upper_threshold if g.upper is None else g.upper
+        lower = b.lower_threshold if g.lower is None else g.lower
+        for address, value, draining, _node in g.members:
+            key = (address, port)
+            prior = dests.get(key)
+            if prior is None or (prior[1].draining and not draining):
+                dests[key] = (
+                    (value, port),
+                    Destination(
+                        address,
+                        port,
+                        forward,
+                        0 if draining else weight,
+                        upper,
+                        lower,
+                        tun_type,
+                        tun_port,
+                        tun_csum,
+                        draining,
+                        g.source,
+                    ),
+                )
+    return tuple(d for _, d in sorted(dests.values(), key=lambda item: item[0]))
+
+
 def compile_virtual_service(vs: VirtualService, view: ClusterView) -> Fragment:
     """Compile one VirtualService against the current cluster. Pure; never raises for data."""
     spec = vs.spec
@@ -380,55 +392,37 @@ def compile_virtual_service(vs: VirtualService, view: ClusterView) -> Fragment:
             )
         )
 
-    rs_backends, rs_refs = _real_server_backends(vs, view, issues)
-    backends = rs_backends + _endpoint_backends(vs, view, issues)
-    usable: list[_Backend] = []
-    for be in backends:
-        if be.family != family and method is not ForwardingMethod.TUN:
+    rs_groups, rs_refs = _real_server_groups(vs, view, issues)
+    groups: list[BackendGroup] = []
+    for g in rs_groups:
+        if g.family != family and method is not ForwardingMethod.TUN:
             issues.append(
                 Issue(
-                    be.ref or vs.ref,
+                    g.ref or vs.ref,
                     "AddressFamilyMismatch",
-                    f"real server {be.address} is IPv{be.family} but the VIP {vip} is IPv{family}; "
-                    "only TUN forwarding can mix families",
-                    "spec.address" if be.ref else "spec.backends.service",
+                    f"real server {g.members[0][0]} is IPv{g.family} but the VIP {vip} is "
+                    f"IPv{family}; only TUN forwarding can mix families",
+                    "spec.address",
                 )
             )
             continue
-        usable.append(be)
+        groups.append(g)
+    # A dual-stack Service has slices of both families: the VIP's family is the one to use.
+    groups += [g for g in _endpoint_groups(vs, view, issues) if g.family == family]
 
-    forward, tun_type, tun_port, tun_csum = _forwarding(spec)
+    fwd = _forwarding(spec)
     ports = _service_ports(spec, vip, family)
     services: list[IPVSService] = []
     claims: list[tuple[object, ...]] = []
     claim_fields: dict[tuple[object, ...], str] = {}
     for idx, (key, pspec) in enumerate(ports):
-        dests: dict[tuple[str, int], tuple[tuple[int, int], Destination]] = {}
-        for be in usable:
-            if pspec is None:  # fwmark service: destinations carry port 0
-                port: int | None = 0
-            else:
-                port = _dest_port(spec, idx, pspec, be, issues, vs.ref)
-            if port is None:
-                continue
-            d = Destination(
-                be.address,
-                port,
-                forward,
-                be.weight,
-                be.upper,
-                be.lower,
-                tun_type,
-                tun_port,
-                tun_csum,
-                be.draining,
-                be.source,
-            )
-            prior = dests.get(d.key)
-            if prior is None or (prior[1].draining and not d.draining):
-                dests[d.key] = ((be.sort_value, port), d)
-        ordered = tuple(d for _, d in sorted(dests.values(), key=lambda item: item[0]))
-        services.append(_ipvs_service(spec, key, ordered, owner, family))
+        if pspec is None:  # fwmark service: destinations carry port 0
+            port_of: list[int | None] = [0] * len(groups)
+        else:
+            port_of = [_group_port(spec, idx, pspec, g, issues, vs.ref) for g in groups]
+        services.append(
+            _ipvs_service(spec, key, _destinations(spec, groups, port_of, fwd), owner, family)
+        )
         if key.fwmark:
             claims.append(("mark", key.fwmark))
             claim_fields[("mark", key.fwmark)] = "spec.firewallMark.mark"
@@ -456,7 +450,7 @@ def compile_virtual_service(vs: VirtualService, view: ClusterView) -> Fragment:
     ipsets, mark_rules = _mark_plan(spec, vip, family, owner)
     snat = _snat_plan(spec, ports, vip, family, owner)
     sysctls = _director_sysctls(spec, family)
-    backend_parts = _backend_parts(spec, usable, vip, family, owner, view, issues)
+    backend_parts = _backend_parts(spec, groups, vip, family, owner, view, issues)
 
     vip_entry = VIPAddress(
         vip,
@@ -623,7 +617,7 @@ def _director_sysctls(spec: VirtualServiceSpec, family: int) -> tuple[Sysctl, ..
 
 def _backend_parts(
     spec: VirtualServiceSpec,
-    backends: list[_Backend],
+    groups: list[BackendGroup],
     vip: str,
     family: int,
     owner: str,
@@ -665,21 +659,22 @@ def _backend_parts(
         sysctls=tuple(sorted(set(sysctls))),
     )
     out: dict[str, BackendPart] = {}
-    for be in backends:
-        if not be.node:
-            continue
-        if not view.has_agent(be.node):
-            issues.append(
-                Issue(
-                    be.ref or ObjectRef("VirtualService", *owner.split("/", 1)),
-                    "NodeWithoutAgent",
-                    f"{method.value} real server {be.address} is on node {be.node}, which runs no lvs "
-                    "agent, so nobody puts the VIP on its lo; run the agent there or configure the "
-                    "server by hand and clear nodeName",
-                    "spec.nodeName" if be.ref else "spec.backends.service",
-                    "Warning",
+    for g in groups:
+        for address, _value, _draining, node in g.members:
+            if not node or node in out:
+                continue
+            if not view.has_agent(node):
+                issues.append(
+                    Issue(
+                        g.ref or ObjectRef("VirtualService", *owner.split("/", 1)),
+                        "NodeWithoutAgent",
+                        f"{method.value} real server {address} is on node {node}, which runs no lvs "
+                        "agent, so nobody puts the VIP on its lo; run the agent there or configure "
+                        "the server by hand and clear nodeName",
+                        "spec.nodeName" if g.ref else "spec.backends.service",
+                        "Warning",
+                    )
                 )
-            )
-            continue
-        out[be.node] = part
+                continue
+            out[node] = part
     return out
