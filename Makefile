@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export LVS_CACHE ?= $(HOME)/.cache/lvs-operator
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv lint unit test demo bench-compile clean
+.PHONY: venv lint unit test demo bench-compile crds clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating the Python environment in $(VENV) (pip cache makes repeat runs fast)"
@@ -35,6 +35,10 @@ demo: $(STAMP)
 
 bench-compile: $(STAMP)
 	$(PY) bench/compile_bench.py
+
+# Regenerate crds/ from the typed model (operator/lvs_operator/api/types.py).
+crds: $(STAMP)
+	$(PY) -m lvs_operator.api.crd crds
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lvs_operator.cli.lvsctl import main as lvsctl
 from lvs_operator.compiler.plan import Destination, IPVSService, ServiceKey
 from lvs_operator.compiler.render import ipvsadm_save, render_ipvsadm
-from lvs_operator.cli.lvsctl import main as lvsctl
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "examples.ipvsadm"

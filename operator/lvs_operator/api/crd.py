@@ -16,7 +16,7 @@ from .objects import API_GROUP
 from .schema import openapi_schema
 from .types import RealServerSpec, VirtualServiceSpec
 
-__all__ = ["crd_documents", "render_crd", "write_crds"]
+__all__ = ["check_crds", "crd_documents", "dump", "render_crd", "write_crds"]
 
 _CONDITION = {
     "type": "object",
@@ -177,6 +177,29 @@ def write_crds(directory: Path) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":
-    for p in write_crds(Path(sys.argv[1] if len(sys.argv) > 1 else "crds")):
+def check_crds(directory: Path) -> list[str]:
+    """Names of CRD files that differ from what the model generates."""
+    stale = []
+    for name, doc in crd_documents().items():
+        path = directory / name
+        if not path.exists() or path.read_text() != dump(doc):
+            stale.append(str(path))
+    return stale
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    args = [a for a in argv if a != "--check"]
+    directory = Path(args[0] if args else "crds")
+    if check:
+        stale = check_crds(directory)
+        for path in stale:
+            print(f"{path} is out of date with operator/lvs_operator/api/types.py; run `make crds`")
+        return 1 if stale else 0
+    for p in write_crds(directory):
         print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -70,6 +70,8 @@ LABEL_KEY_MAX = 317  # prefix (253) + "/" + name (63)
 
 def is_ip(text: str) -> bool:
     """True for a plain IPv4/IPv6 address: no zone, no IPv4-mapped IPv6, no leading zeros."""
+    if "%" in text or not text.isascii():
+        return False  # Python parses zones and some non-ASCII forms; Go's netip does not
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:
@@ -96,7 +98,8 @@ def is_cidr(text: str) -> bool:
     if "/" not in text:
         return False
     address, _, prefix = text.partition("/")
-    if not is_ip(address) or not prefix.isdigit() or (len(prefix) > 1 and prefix[0] == "0"):
+    digits = prefix.isascii() and prefix.isdigit()
+    if not is_ip(address) or not digits or (len(prefix) > 1 and prefix[0] == "0"):
         return False
     return int(prefix) <= (32 if ip_family(address) == 4 else 128)
 
@@ -645,7 +648,12 @@ class Backends:
 class HTTPCheck:
     """keepalived HTTP_GET."""
 
-    path: str = field("URL path to request.", default="/", max_length=1024, pattern=r"^/[^\s]*$")
+    path: str = field(
+        "URL path to request; printable ASCII (percent-encode anything else).",
+        default="/",
+        max_length=1024,
+        pattern=r"^/[!-~]*$",
+    )
     host: str | None = field("Host header (virtualhost).", max_length=253)
     expected_status_codes: tuple[int, ...] = field(
         "Status codes that count as healthy (status_code).",

@@ -1,0 +1,128 @@
+"""`make test`: run every test tier, then print one summary line per tier.
+
+A tier that cannot run here is skipped with its reason printed; a tier that runs zero tests
+counts as a failure, never as a pass. The last line is the grand total in the form CI reads
+("total: N passed, N failed, N skipped").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+PYTEST_LINE = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)")
+
+
+@dataclass
+class TierResult:
+    name: str
+    status: str  # passed | failed | skipped
+    seconds: float
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    note: str = ""
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run a command, streaming its output, and return (exit code, full output)."""
+    print(f"$ {' '.join(cmd)}", flush=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, **(env or {})})
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        lines.append(line)
+    return proc.wait(), "".join(lines)
+
+
+def _pytest_counts(output: str) -> tuple[int, int, int]:
+    summary = [line for line in output.splitlines() if " in " in line and PYTEST_LINE.search(line)]
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    if summary:
+        for number, word in PYTEST_LINE.findall(summary[-1]):
+            if word in ("passed", "xfailed"):
+                counts["passed"] += int(number) if word == "passed" else 0
+            elif word in ("failed", "error", "errors", "xpassed"):
+                counts["failed"] += int(number)
+            elif word == "skipped":
+                counts["skipped"] += int(number)
+    return counts["passed"], counts["failed"], counts["skipped"]
+
+
+def lint_tier() -> TierResult:
+    start = time.monotonic()
+    checks = [
+        [str(VENV_BIN / "ruff"), "check", "operator", "tests", "bench"],
+        [str(VENV_BIN / "mypy")],
+        [str(VENV_BIN / "lint-imports")],
+        [sys.executable, "-m", "lvs_operator.api.crd", "--check", "crds"],
+    ]
+    passed = failed = 0
+    for cmd in checks:
+        code, _ = _run(cmd)
+        passed += code == 0
+        failed += code != 0
+    status = "passed" if failed == 0 else "failed"
+    return TierResult("lint", status, time.monotonic() - start, passed, failed,
+                      note="ruff, mypy --strict, import-linter, CRDs match the model")
+
+
+def pytest_tier(name: str, paths: list[str], extra: list[str] | None = None,
+                runner: Callable[[list[str]], list[str]] | None = None,
+                env: dict[str, str] | None = None) -> TierResult:
+    start = time.monotonic()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths, *(extra or [])]
+    if runner is not None:
+        cmd = runner(cmd)
+    code, output = _run(cmd, env)
+    passed, failed, skipped = _pytest_counts(output)
+    if code not in (0, 1, 5) and failed == 0:
+        failed = 1  # crashed or timed out before pytest could report
+    if passed == 0 and failed == 0:
+        return TierResult(name, "failed", time.monotonic() - start, 0, 1, skipped,
+                          note="ran no test: a tier that should run must run something")
+    status = "passed" if code == 0 and failed == 0 else "failed"
+    return TierResult(name, status, time.monotonic() - start, passed, failed, skipped)
+
+
+TIERS: dict[str, Callable[[], TierResult]] = {
+    "lint": lint_tier,
+    "unit": lambda: pytest_tier("unit", ["tests/unit"]),
+}
+
+
+def main(argv: list[str]) -> int:
+    wanted = argv or list(TIERS)
+    unknown = [t for t in wanted if t not in TIERS]
+    if unknown:
+        print(f"unknown tier(s): {', '.join(unknown)}; tiers: {', '.join(TIERS)}", file=sys.stderr)
+        return 2
+    results = []
+    for name in wanted:
+        print(f"\n===== tier {name} =====", flush=True)
+        results.append(TIERS[name]())
+    print("\n===== summary =====")
+    for r in results:
+        note = f"  ({r.note})" if r.note else ""
+        print(f"{r.name:<8} {r.status.upper():<8} {r.passed:>5} passed {r.failed:>3} failed "
+              f"{r.skipped:>3} skipped  {r.seconds:7.1f}s{note}")
+    total_p = sum(r.passed for r in results)
+    total_f = sum(r.failed for r in results)
+    total_s = sum(r.skipped for r in results)
+    print(f"total: {total_p} passed, {total_f} failed, {total_s} skipped")
+    return 0 if all(r.status != "failed" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
