@@ -99,6 +99,10 @@ def pytest_tier(name: str, paths: list[str], extra: list[str] | None = None,
 TIERS: dict[str, Callable[[], TierResult]] = {
     "lint": lint_tier,
     "unit": lambda: pytest_tier("unit", ["tests/unit"]),
+    # A real kube-apiserver and etcd on loopback; the first run builds kube-apiserver from the
+    # Go module proxy (minutes, with progress) and caches it under $LVS_CACHE.
+    "cluster": lambda: pytest_tier("cluster", ["tests/cluster"],
+                                   env={"LVS_CLUSTER_REQUIRED": "1"}),
 }
 
 

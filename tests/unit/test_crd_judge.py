@@ -42,6 +42,7 @@ from .crd_judge import (
     INVALID,
     NOT_SUPPORTED,
     REQUIRED,
+    TOO_LONG,
     TYPE_INVALID,
     UNKNOWN_FIELD,
     CRDJudge,
@@ -252,10 +253,10 @@ def test_status_is_ignored_on_create() -> None:
         (8080, set()),
         ("http", set()),
         ("web-8080", set()),
-        (0, {INVALID}),  # CEL: 1-65535
-        (70000, {INVALID}),
-        ("HTTP", {INVALID}),  # CEL: lowercase IANA name
-        ("a" * 16, {INVALID}),
+        (0, {INVALID}),  # minimum: 1
+        (70000, {INVALID}),  # maximum: 65535
+        ("HTTP", {INVALID}),  # pattern: lowercase IANA name
+        ("a" * 16, {TOO_LONG, INVALID}),  # maxLength 15, and the pattern
         ("", {INVALID}),
         (True, {TYPE_INVALID}),
         (8.5, {TYPE_INVALID}),
@@ -298,8 +299,9 @@ def test_list_set_duplicates() -> None:
 
 def test_blocking_errors_skip_cel_like_the_apiserver() -> None:
     doc = valid_virtual_service()
-    doc["spec"]["ports"] = [{"port": 80, "protocol": "ICMP", "targetPort": "HTTP_PORT"}]
-    errors = judge(doc)
+    doc["spec"]["forwarding"] = {"method": "DR"}  # with a remapped port: a CEL failure ...
+    doc["spec"]["ports"] = [{"port": 80, "protocol": "ICMP", "targetPort": 8080}]
+    errors = judge(doc)  # ... that is never reported, because an enum error blocks CEL
     assert [(e.path, e.type) for e in errors] == [
         ("spec.ports[0].protocol", NOT_SUPPORTED), ("", INVALID),
     ]
@@ -309,10 +311,11 @@ def test_blocking_errors_skip_cel_like_the_apiserver() -> None:
 
 def test_non_blocking_errors_keep_cel() -> None:
     doc = valid_virtual_service()
-    doc["spec"]["ports"] = [{"port": 0, "targetPort": "HTTP_PORT"}]
+    doc["spec"]["forwarding"] = {"method": "DR"}
+    doc["spec"]["ports"] = [{"port": 0, "targetPort": 8080}]
     errors = judge(doc)
-    assert [(e.path, e.type, e.rule is not None) for e in errors] == [
-        ("spec.ports[0].port", INVALID, False), ("spec.ports[0].targetPort", INVALID, True),
+    assert sorted((e.path, e.type, e.rule is not None) for e in errors) == [
+        ("spec.ports", INVALID, True), ("spec.ports[0].port", INVALID, False),
     ]
 
 

@@ -105,7 +105,7 @@ _COLUMNS = {
 }
 
 _NAMES = {
-    "VirtualService": ("virtualservices", "virtualservice", ["lvsvs", "lvs"]),
+    "VirtualService": ("virtualservices", "virtualservice", ["lvsvs"]),
     "RealServer": ("realservers", "realserver", ["lvsrs"]),
 }
 

@@ -69,6 +69,8 @@ class FieldSpec:
     pattern: str | None = None
     max_items: int | None = None
     min_items: int | None = None
+    item_max_length: int | None = None  # lists of strings: bounds CEL's cost estimate
+    pattern_message: str | None = None  # what `pattern` means, for people
     list_type: str | None = None  # "atomic" | "set" | "map"
     list_map_keys: tuple[str, ...] = ()
     int_or_string: bool = False
@@ -210,6 +212,8 @@ def _type_schema(tp: Any, spec: FieldSpec | None) -> dict[str, Any]:
     ):
         if value is not None:
             schema[key] = value
+    if spec.item_max_length is not None:
+        schema["items"]["maxLength"] = spec.item_max_length
     if spec.list_type:
         schema["x-kubernetes-list-type"] = spec.list_type
     if spec.list_map_keys:
@@ -356,12 +360,24 @@ def _check_facts(spec: FieldSpec, value: Any, path: str, errors: list[FieldError
         if spec.max_length is not None and len(value) > spec.max_length:
             errors.append(FieldError(path, f"must be at most {spec.max_length} characters", value))
         if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
-            errors.append(FieldError(path, f"must match {spec.pattern}", value))
+            errors.append(
+                FieldError(path, spec.pattern_message or f"must match {spec.pattern}", value)
+            )
     if isinstance(value, tuple):
         if spec.max_items is not None and len(value) > spec.max_items:
             errors.append(FieldError(path, f"must have at most {spec.max_items} items"))
         if spec.min_items is not None and len(value) < spec.min_items:
             errors.append(FieldError(path, f"must have at least {spec.min_items} items"))
+        if spec.item_max_length is not None:
+            for i, item in enumerate(value):
+                if isinstance(item, str) and len(item) > spec.item_max_length:
+                    errors.append(
+                        FieldError(
+                            f"{path}[{i}]",
+                            f"must be at most {spec.item_max_length} characters",
+                            item,
+                        )
+                    )
         if spec.list_type == "set" and len(set(value)) != len(value):
             errors.append(FieldError(path, "must not contain duplicates", list(value)))
         if spec.list_type == "map":

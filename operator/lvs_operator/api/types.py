@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -274,20 +273,6 @@ class LabelSelector:
 # --------------------------------------------------------------------------- VirtualService
 
 
-def _port_number_rule() -> Rule:
-    return Rule(
-        cel="type(self) == int ? (self >= 1 && self <= 65535) : "
-        "self.matches('^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$')",
-        message="targetPort must be a port number 1-65535 or an IANA port name "
-        "(lowercase letters, digits and '-', at most 15 characters)",
-        check=lambda v: (
-            (1 <= v <= 65535)
-            if isinstance(v, int)
-            else re.fullmatch(PORT_NAME_PATTERN, v) is not None
-        ),
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class PortSpec:
     """One virtual port: becomes one IPVS service VIP:port/protocol."""
@@ -304,7 +289,14 @@ class PortSpec:
         "number, or the name of an EndpointSlice port for Service-backed VirtualServices. "
         "Defaults to the RealServer's port, else the virtual port.",
         int_or_string=True,
-        rules=(_port_number_rule(),),
+        # Plain schema facts apply by type (numbers: range; names: length and pattern) and,
+        # unlike a CEL rule on an int-or-string, cost nothing against the CEL budget.
+        minimum=1,
+        maximum=65535,
+        max_length=15,
+        pattern=PORT_NAME_PATTERN,
+        pattern_message="must be a port number 1-65535 or an IANA port name (lowercase "
+        "letters, digits and '-', at most 15 characters)",
     )
 
 
@@ -340,6 +332,7 @@ class FirewallMark:
         "Only mark packets from these source CIDRs (default: any source).",
         default=(),
         max_items=64,
+        item_max_length=43,
         list_type="set",
         rules=(
             Rule(
@@ -353,6 +346,7 @@ class FirewallMark:
         "Never mark packets from these source CIDRs, even inside sourceRanges.",
         default=(),
         max_items=64,
+        item_max_length=43,
         list_type="set",
         rules=(
             Rule(
@@ -469,7 +463,8 @@ class Scheduler:
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            cel="self.flags.all(f, f.startsWith(self.name + '-'))",
+            # has(): the apiserver checks this rule against the bare `{}` default too
+            cel="!has(self.flags) || self.flags.all(f, f.startsWith(self.name + '-'))",
             message="scheduler.flags: sh-fallback and sh-port need scheduler sh; mh-fallback and "
             "mh-port need scheduler mh; other schedulers take no flags",
             check=lambda s: all(f.value.startswith(s.name.value + "-") for f in s.flags),
@@ -552,6 +547,7 @@ class VRRPSettings:
         "unicast_peer addresses, where multicast is unavailable.",
         default=(),
         max_items=16,
+        item_max_length=45,
         list_type="set",
         rules=(
             Rule(

@@ -1,0 +1,1 @@
+"""Cluster tier: the operator and agents against a real kube-apiserver + etcd on loopback."""
