@@ -103,7 +103,15 @@ TIERS: dict[str, Callable[[], TierResult]] = {
     # Go module proxy (minutes, with progress) and caches it under $LVS_CACHE.
     "cluster": lambda: pytest_tier("cluster", ["tests/cluster"],
                                    env={"LVS_CLUSTER_REQUIRED": "1"}),
+    # Real IPVS: one boot of Debian's kernel under qemu runs the whole tier inside the guest
+    # (the host's / shared read-only). hypothesis' plugin costs seconds under TCG: left out.
+    "vm": lambda: pytest_tier("vm", ["tests/vm"], extra=["-p", "no:hypothesispytest"],
+                              runner=_in_vm),
 }
+
+
+def _in_vm(cmd: list[str]) -> list[str]:
+    return [sys.executable, "-m", "tests.harness.vm", "run", "--timeout", "1800", "--", *cmd]
 
 
 def main(argv: list[str]) -> int:
