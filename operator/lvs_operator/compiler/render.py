@@ -26,6 +26,7 @@ from .plan import (
 )
 
 __all__ = [
+    "JUMP_COMMENT",
     "MARK_CHAIN",
     "SNAT_CHAIN",
     "ipvsadm_save",
@@ -37,6 +38,7 @@ __all__ = [
 
 MARK_CHAIN = "LVS-MARK"  # owned chain in the mangle table
 SNAT_CHAIN = "LVS-SNAT"  # owned chain in the nat table (FULLNAT)
+JUMP_COMMENT = "lvs-operator"  # marks the one jump rule into each owned chain
 
 _AF = {4: 2, 6: 10}  # AF_INET, AF_INET6
 _PROTO_NUM = {"tcp": 6, "udp": 17, "sctp": 132, "": 0}
@@ -178,6 +180,11 @@ def _shell(args: list[str]) -> str:
     return " ".join(f'"{a}"' if " " in a else a for a in args)
 
 
+def _jump(chain: str) -> str:
+    """The jump into an owned chain, first in its hook, as the agent writes it."""
+    return f"-m comment --comment {JUMP_COMMENT} -j {chain}"
+
+
 def node_commands(plan: NodePlan) -> list[str]:
     """Shell commands, classic LVS how-to style, for everything outside the IPVS table."""
     out: list[str] = []
@@ -199,13 +206,13 @@ def node_commands(plan: NodePlan) -> list[str]:
         marks = [m for m in d.mark_rules if m.family == family]
         if marks:
             out.append(f"{tool} -t mangle -N {MARK_CHAIN}")
-            out.append(f"{tool} -t mangle -A PREROUTING -j {MARK_CHAIN}")
+            out.append(f"{tool} -t mangle -I PREROUTING 1 {_jump(MARK_CHAIN)}")
             for m in marks:
                 out.append(f"{tool} -t mangle -A {MARK_CHAIN} {_shell(mark_rule_args(m))}")
         snats = [r for r in d.snat_rules if r.family == family]
         if snats:
             out.append(f"{tool} -t nat -N {SNAT_CHAIN}")
-            out.append(f"{tool} -t nat -A POSTROUTING -j {SNAT_CHAIN}")
+            out.append(f"{tool} -t nat -I POSTROUTING 1 {_jump(SNAT_CHAIN)}")
             for r in snats:
                 out.append(f"{tool} -t nat -A {SNAT_CHAIN} {_shell(snat_rule_args(r))}")
     for t in b.tunnels:

@@ -1,0 +1,377 @@
+"""In-memory kernels with the real kernel's semantics, for unit tests and `--dry-run`.
+
+They refuse what the kernel refuses (EEXIST on a second add, ENOENT on deleting what is not
+there, unknown schedulers, destroying an ipset a rule still uses), so code that passes
+against them does not rely on a forgiving fake. The same contract suites run against these
+and the real adapters.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..compiler.plan import Destination, IPVSService, ServiceKey, TunnelDevice
+from .errors import AlreadyExists, InvalidArgument, KernelError, KernelUnavailable, NotFound
+from .ipvs import (
+    IPVSOp,
+    IPVSOpKind,
+    LiveDestination,
+    LiveService,
+    OpFailure,
+    dest_attributes,
+    service_attributes,
+)
+from .netstate import AddressEntry, ChainSpec, IPSetState
+from .real_chains import canonical_rule
+
+__all__ = [
+    "FakeAddresses",
+    "FakeChains",
+    "FakeIPSets",
+    "FakeIPVS",
+    "FakeSysctls",
+    "FakeTunnels",
+]
+
+SCHEDULERS = frozenset(
+    ["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf"]
+)
+
+
+@dataclass
+class _FakeService:
+    attrs: IPVSService
+    dests: dict[tuple[str, int], LiveDestination] = field(default_factory=dict)
+
+
+class FakeIPVS:
+    """An IPVS table in memory. Tests move connection counts with `set_connections`."""
+
+    def __init__(self, available: bool = True) -> None:
+        self.available = available
+        self._services: dict[ServiceKey, _FakeService] = {}
+        self.applied: list[IPVSOp] = []  # every op that succeeded, in order
+
+    def probe(self) -> None:
+        if not self.available:
+            raise KernelUnavailable("IPVS is not available in this kernel (ip_vs module)")
+
+    def dump(self) -> list[LiveService]:
+        self.probe()
+        return [
+            LiveService(s.attrs, tuple(s.dests[k] for k in sorted(s.dests)))
+            for s in self._services.values()
+        ]
+
+    def apply(self, ops: Sequence[IPVSOp]) -> list[OpFailure]:
+        self.probe()
+        failures = []
+        for op in ops:
+            try:
+                self._apply_one(op)
+            except KernelError as exc:
+                failures.append(OpFailure(op, exc))
+            else:
+                self.applied.append(op)
+        return failures
+
+    def _apply_one(self, op: IPVSOp) -> None:
+        key = op.service.key
+        svc = self._services.get(key)
+        edits = (IPVSOpKind.ADD_SERVICE, IPVSOpKind.EDIT_SERVICE)
+        if op.kind in edits and op.service.scheduler not in SCHEDULERS:
+            raise InvalidArgument(f"{key}: unknown scheduler {op.service.scheduler!r}")
+        if op.kind is IPVSOpKind.ADD_SERVICE:
+            if svc is not None:
+                raise AlreadyExists(f"{key}: service exists")
+            self._services[key] = _FakeService(service_attributes(op.service))
+            return
+        if svc is None:
+            raise NotFound(f"{key}: no such service")
+        if op.kind is IPVSOpKind.EDIT_SERVICE:
+            svc.attrs = service_attributes(op.service)
+            return
+        if op.kind is IPVSOpKind.DEL_SERVICE:
+            del self._services[key]
+            return
+        assert op.dest is not None, op
+        dkey = op.dest.key
+        if op.kind is not IPVSOpKind.DEL_DEST:
+            _check_dest(key, op.dest)
+        if op.kind is IPVSOpKind.ADD_DEST:
+            if dkey in svc.dests:
+                raise AlreadyExists(f"{key}: destination {dkey} exists")
+            svc.dests[dkey] = LiveDestination(dest_attributes(op.dest))
+        elif op.kind is IPVSOpKind.EDIT_DEST:
+            live = svc.dests.get(dkey)
+            if live is None:
+                raise NotFound(f"{key}: no destination {dkey}")
+            svc.dests[dkey] = live._replace(dest=dest_attributes(op.dest))
+        elif op.kind is IPVSOpKind.DEL_DEST and svc.dests.pop(dkey, None) is None:
+            raise NotFound(f"{key}: no destination {dkey}")
+
+    # test helpers ---------------------------------------------------------------------
+    def set_connections(
+        self, key: ServiceKey, dest: tuple[str, int], active: int, inactive: int = 0
+    ) -> None:
+        live = self._services[key].dests[dest]
+        self._services[key].dests[dest] = live._replace(
+            active_conns=active, inactive_conns=inactive
+        )
+
+    def add_foreign(self, service: IPVSService, dests: Iterable[Destination] = ()) -> None:
+        """Put a service there behind the agent's back (kube-proxy, a human with ipvsadm)."""
+        svc = _FakeService(service_attributes(service))
+        for d in dests:
+            svc.dests[d.key] = LiveDestination(dest_attributes(d))
+        self._services[service.key] = svc
+
+
+# Every type the ipset tool knows; a kernel may lack some (KernelUnavailable, as there).
+IPSET_TYPES = frozenset(
+    [
+        "bitmap:ip", "bitmap:ip,mac", "bitmap:port", "hash:ip", "hash:mac", "hash:ip,mac",
+        "hash:net", "hash:net,net", "hash:ip,port", "hash:net,port", "hash:ip,port,ip",
+        "hash:ip,port,net", "hash:ip,mark", "hash:net,port,net", "hash:net,iface", "list:set",
+    ]
+)  # fmt: skip
+_PORT_PROTOCOLS = frozenset(["tcp", "udp", "sctp", "udplite"])
+
+
+def _check_dest(key: ServiceKey, d: Destination) -> None:
+    """What ip_vs_genl_set_cmd / ip_vs_add_dest / ip_vs_edit_dest refuse (Linux 6.1)."""
+    family = 6 if ":" in d.address else 4
+    if family != key.family and d.forward != "tunnel":
+        raise InvalidArgument(f"{key}: an IPv{family} destination needs tunnel forwarding")
+    if d.lower_threshold > d.upper_threshold:  # ERANGE, even with upper 0 (= no limit)
+        raise InvalidArgument(f"{key}: lower threshold is higher than upper threshold")
+    if d.forward == "tunnel" and d.tunnel_type == "gue" and d.tunnel_port == 0:
+        raise InvalidArgument(f"{key}: tunnel port is zero")
+
+
+class FakeIPSets:
+    """Sets in memory. Like the kernel: entries are stored in `ipset save` form (host bits
+    cleared, /32 and /128 dropped, tcp implied), a second add is AlreadyExists and deleting
+    an absent entry NotFound, one entry at a time (earlier entries of a failed batch stay;
+    an empty batch asks nothing, so it does not check that the set exists either)."""
+
+    def __init__(self, unavailable_types: Iterable[str] = ()) -> None:
+        self.sets: dict[str, IPSetState] = {}
+        self.referenced: set[str] = set()  # names a FakeChains rule uses
+        self.types = IPSET_TYPES - frozenset(unavailable_types)
+
+    def list(self, prefix: str) -> dict[str, IPSetState]:
+        return {n: s for n, s in self.sets.items() if n.startswith(prefix)}
+
+    def create(self, name: str, set_type: str, family: str) -> None:
+        if name in self.sets:
+            raise AlreadyExists(f"ipset {name} exists")
+        if len(name) > 31:
+            raise InvalidArgument(f"ipset name {name!r} is longer than 31 characters")
+        if family not in ("inet", "inet6"):
+            raise InvalidArgument(f"ipset {name}: family {family!r} is not inet or inet6")
+        if set_type not in self.types:
+            raise KernelUnavailable(f"ipset type {set_type} is not available in this kernel")
+        self.sets[name] = IPSetState(name, set_type, family, frozenset())
+
+    def destroy(self, name: str) -> None:
+        if name not in self.sets:
+            raise NotFound(f"ipset {name} does not exist")
+        if name in self.referenced:
+            raise KernelError(f"ipset {name} is in use by a kernel component")
+        del self.sets[name]
+
+    def add(self, name: str, entries: Iterable[str]) -> None:
+        for entry in entries:
+            s = self._get(name)
+            normal = _normal_entry(s, entry)
+            if normal in s.entries:
+                raise AlreadyExists(f"ipset {name}: entry {entry} is already in the set")
+            self.sets[name] = s._replace(entries=s.entries | {normal})
+
+    def delete(self, name: str, entries: Iterable[str]) -> None:
+        for entry in entries:
+            s = self._get(name)
+            normal = _normal_entry(s, entry)
+            if normal not in s.entries:
+                raise NotFound(f"ipset {name}: entry {entry} is not in the set")
+            self.sets[name] = s._replace(entries=s.entries - {normal})
+
+    def _get(self, name: str) -> IPSetState:
+        if name not in self.sets:
+            raise NotFound(f"ipset {name} does not exist")
+        return self.sets[name]
+
+
+def _normal_entry(st: IPSetState, entry: str) -> str:
+    """`entry` as the kernel stores it and `ipset save` prints it."""
+    dims = st.set_type.partition(":")[2].split(",")
+    parts = entry.split(",")
+    if len(parts) != len(dims):
+        raise InvalidArgument(f"ipset {st.name} ({st.set_type}): bad entry {entry!r}")
+    out = []
+    for dim, part in zip(dims, parts, strict=True):
+        if dim in ("ip", "net"):
+            try:
+                net = ipaddress.ip_network(part, strict=False)
+            except ValueError as exc:
+                raise InvalidArgument(f"ipset {st.name}: {entry!r}: {exc}") from exc
+            if (net.version == 4) != (st.family == "inet"):
+                raise InvalidArgument(f"ipset {st.name} is family {st.family}; {entry!r} is not")
+            host = net.prefixlen == net.max_prefixlen
+            out.append(str(net.network_address) if host else str(net))
+        elif dim == "port":
+            proto, _, port = part.rpartition(":")
+            if (proto or "tcp") not in _PORT_PROTOCOLS or not port.isdigit():
+                raise InvalidArgument(f"ipset {st.name}: bad port in {entry!r}")
+            out.append(f"{proto or 'tcp'}:{int(port)}")
+        else:
+            out.append(part)
+    return ",".join(out)
+
+
+class FakeChains:
+    """Owned iptables chains; `canonical` is the real adapter's rewrite (`canonical_rule`,
+    checked against iptables-save by the kernel tier), so both agree on what reads back."""
+
+    def __init__(self, ipsets: FakeIPSets | None = None) -> None:
+        self.chains: dict[tuple[int, str, str], ChainSpec] = {}
+        self.foreign_rules: list[tuple[int, str, str, tuple[str, ...]]] = []
+        self._ipsets = ipsets
+
+    def read(self, family: int, table: str, chain: str) -> ChainSpec | None:
+        return self.chains.get((family, table, chain))
+
+    def replace(self, spec: ChainSpec) -> None:
+        spec = self.canonical(spec)
+        if self._ipsets is not None:
+            sets = self._ipsets.sets
+            for name in sorted(_sets_used([spec])):
+                if name not in sets:
+                    raise NotFound(f"iptables-restore: Set {name} doesn't exist")
+                if sets[name].family != ("inet" if spec.family == 4 else "inet6"):
+                    raise InvalidArgument(
+                        f"iptables-restore: the protocol family of set {name} is "
+                        f"{sets[name].family}, which is not applicable"
+                    )
+        self.chains[(spec.family, spec.table, spec.chain)] = spec
+        self._refresh_references()
+
+    def remove(self, family: int, table: str, chain: str, hook: str) -> None:
+        self.chains.pop((family, table, chain), None)
+        self._refresh_references()
+
+    def canonical(self, spec: ChainSpec) -> ChainSpec:
+        return spec._replace(rules=tuple(canonical_rule(r, spec.family) for r in spec.rules))
+
+    def _refresh_references(self) -> None:
+        if self._ipsets is not None:
+            self._ipsets.referenced = _sets_used(self.chains.values())
+
+
+def _sets_used(specs: Iterable[ChainSpec]) -> set[str]:
+    return {
+        rule[i + 1]
+        for spec in specs
+        for rule in spec.rules
+        for i, arg in enumerate(rule[:-1])
+        if arg == "--match-set"
+    }
+
+
+class FakeAddresses:
+    """Addresses with the kernel's identity rules: IPv4 (device, address, prefix), IPv6
+    (device, address); canonical text; a foreign address is never deleted (NotFound)."""
+
+    def __init__(
+        self, route_device: str | None = "eth0", devices: Iterable[str] | None = None
+    ) -> None:
+        self.entries: dict[tuple[str, str, int], AddressEntry] = {}
+        self._route_device = route_device
+        self._devices = None if devices is None else set(devices)  # None: any device exists
+
+    def list(self) -> list[AddressEntry]:
+        return list(self.entries.values())
+
+    def add(self, device: str, address: str, prefix_length: int) -> None:
+        address = _canonical_ip(address, prefix_length)
+        self._check_device(device)
+        key = (device, address, prefix_length)
+        same = [k for k in self.entries if k[:2] == key[:2]]
+        if key in self.entries or (":" in address and same):
+            raise AlreadyExists(f"{address}/{prefix_length} already on {device}")
+        self.entries[key] = AddressEntry(device, address, prefix_length, True)
+
+    def delete(self, device: str, address: str, prefix_length: int) -> None:
+        address = _canonical_ip(address, prefix_length)
+        self._check_device(device)
+        entry = self.entries.get((device, address, prefix_length))
+        if entry is None or not entry.owned:
+            raise NotFound(f"{address}/{prefix_length} of ours is not on {device}")
+        del self.entries[(device, address, prefix_length)]
+
+    def add_foreign(self, device: str, address: str, prefix_length: int) -> None:
+        address = _canonical_ip(address, prefix_length)
+        self.entries[(device, address, prefix_length)] = AddressEntry(
+            device, address, prefix_length, False
+        )
+
+    def route_device(self, address: str) -> str | None:
+        """Like `ip route get fibmatch` for a local address: the device holding it."""
+        address = _canonical_ip(address, 0)
+        held = [e.device for e in self.entries.values() if e.address == address]
+        return held[0] if held else self._route_device
+
+    def _check_device(self, device: str) -> None:
+        if self._devices is not None and device not in self._devices:
+            raise NotFound(f"device {device} does not exist")
+
+
+def _canonical_ip(address: str, prefix_length: int) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError as exc:
+        raise InvalidArgument(f"{address!r} is not an IP address") from exc
+    if not 0 <= prefix_length <= ip.max_prefixlen:
+        raise InvalidArgument(f"prefix length {prefix_length} does not fit {ip}")
+    return str(ip)
+
+
+class FakeSysctls:
+    """Only the keys it was given exist, as in the kernel (net.ipv4.conf.<dev>.* too)."""
+
+    def __init__(self, values: dict[str, str] | None = None) -> None:
+        self.values = dict(values or {})
+
+    def get(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    def set(self, key: str, value: str) -> None:
+        if key not in self.values:
+            raise NotFound(f"sysctl {key} does not exist")
+        self.values[key] = value
+
+
+_FALLBACK_TUNNELS = {"tunl0": "ipip", "gre0": "gre", "ip6tnl0": "ip6tnl", "ip6gre0": "ip6gre"}
+
+
+class FakeTunnels:
+    def __init__(self) -> None:
+        self.up: dict[str, TunnelDevice] = {}
+
+    def list_up(self) -> list[TunnelDevice]:
+        return list(self.up.values())
+
+    def ensure(self, device: TunnelDevice) -> None:
+        if _FALLBACK_TUNNELS.get(device.name) != device.kind:
+            raise InvalidArgument(f"tunnel {device.name} ({device.kind}) is not a fallback device")
+        if device.fou_port and device.kind not in ("ipip", "ip6tnl"):
+            raise InvalidArgument(f"tunnel {device.name}: a GUE port needs ipip or ip6tnl")
+        if not 0 <= device.fou_port <= 0xFFFF:
+            raise InvalidArgument(f"tunnel {device.name}: port {device.fou_port} is out of range")
+        self.up[device.name] = device
+
+    def release(self, device: TunnelDevice) -> None:
+        self.up.pop(device.name, None)
