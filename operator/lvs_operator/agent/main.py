@@ -1,29 +1,196 @@
-"""Entry point of `lvs-agent`. The kernel reconciler arrives with the kernel work; until then
-this says so plainly instead of pretending to run."""
+"""Entry point of `lvs-agent`.
+
+Standalone mode (like keepalived with a config file): `lvs-agent --node NAME --plan FILE`
+applies that node's plan once; `--watch` keeps applying it, re-reading the file when it
+changes and repairing drift every `--interval` seconds; `--dry-run` prints the changes
+without making them. Cluster mode (watching the node's plan in the API) arrives with the
+operator.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
-__all__ = ["main"]
+import yaml
+
+from ..compiler.plan import NodePlan, plan_from_dict
+from .reconcile import Kernel, ReconcileReport, reconcile
+from .state import AgentState, load_state, save_state
+
+__all__ = ["load_plan", "main", "real_kernel"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class PlanFileError(ValueError):
+    """The plan file is unreadable or holds no plan for this node."""
+
+
+def load_plan(path: Path, node: str) -> NodePlan:
+    """The node's plan from a file written by `lvsctl plan --format json|yaml` (one plan, or
+    a list of plans of which the one for `node` is taken)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PlanFileError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        docs: list[Any] = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise PlanFileError(f"{path}: not YAML or JSON: {exc}") from exc
+    plans: list[Any] = []
+    for doc in docs:
+        plans.extend(doc if isinstance(doc, list) else [doc])
+    candidates = [p for p in plans if isinstance(p, dict) and p.get("node") == node]
+    if not candidates:
+        names = ", ".join(sorted(str(p.get("node")) for p in plans if isinstance(p, dict)))
+        raise PlanFileError(f"{path}: no plan for node {node!r} (plans for: {names or 'none'})")
+    try:
+        return plan_from_dict(candidates[0])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise PlanFileError(f"{path}: plan for {node} is malformed: {exc}") from exc
+
+
+def real_kernel(netns: str | None) -> Kernel:
+    """The real adapters, optionally inside a named network namespace."""
+    from ..kernel.real_chains import IptablesChains
+    from ..kernel.real_ipset import NetlinkIPSets
+    from ..kernel.real_ipvs import NetlinkIPVS
+    from ..kernel.real_net import NetlinkAddresses, NetlinkTunnels, ProcSysctls
+
+    return Kernel(
+        ipvs=NetlinkIPVS(netns),
+        ipsets=NetlinkIPSets(netns),
+        chains=IptablesChains(netns),
+        addresses=NetlinkAddresses(netns),
+        sysctls=ProcSysctls(netns),
+        tunnels=NetlinkTunnels(netns),
+    )
+
+
+def _print_report(report: ReconcileReport, dry_run: bool, as_json: bool) -> None:
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "dryRun": dry_run,
+                    "changes": [str(s) for s in report.steps],
+                    "failures": report.failures,
+                    "warnings": report.warnings,
+                    "draining": report.waiting_drains,
+                },
+                indent=1,
+            )
+        )
+        return
+    verb = "would apply" if dry_run else "applied"
+    for step in report.steps:
+        print(f"{verb}: {step}")
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for f in report.failures:
+        print(f"error: {f}", file=sys.stderr)
+    print(f"lvs-agent: {report.summary()}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lvs-agent",
+        description="Per-node agent: makes this node's IPVS table, VIPs, ipsets, mark rules, "
+        "sysctls and tunnel devices match its plan, and keeps them so.",
+    )
+    p.add_argument("--node", required=True, help="this node's name, as in the plan")
+    p.add_argument(
+        "--plan",
+        required=True,
+        type=Path,
+        help="plan file from `lvsctl plan --format json` (or yaml)",
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep running: re-apply when the file changes and every --interval",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        help="seconds between drift-repair passes with --watch (default 10)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the changes, change nothing")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/lvs-agent"),
+        help="where ownership and drain state survive restarts (default /var/lib/lvs-agent)",
+    )
+    p.add_argument("--netns", help="operate inside this named network namespace (testing)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="lvs-agent",
-        description="Per-node agent: programs IPVS, addresses, ipsets and sysctls from a plan.",
-    )
-    parser.add_argument("--node", help="this node's name")
-    parser.add_argument("--plan", help="a plan file (from `lvsctl plan --node NAME -f ...`)")
-    parser.parse_args(argv)
-    print(
-        "lvs-agent: the kernel reconciler is not built yet; `lvsctl plan --format ipvsadm` "
-        "prints the commands it will apply",
-        file=sys.stderr,
-    )
-    return 2
+    args = _parser().parse_args(argv)
+    state_path = args.state_dir / f"{args.node}.json"
+    try:
+        plan = load_plan(args.plan, args.node)
+        state = load_state(state_path)
+    except (PlanFileError, ValueError) as exc:
+        print(f"lvs-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    kernel = real_kernel(args.netns)
+
+    def persist(s: AgentState) -> None:
+        save_state(state_path, s)
+
+    if not args.watch:
+        report = reconcile(
+            plan, kernel, state, dry_run=args.dry_run, persist=None if args.dry_run else persist
+        )
+        _print_report(report, args.dry_run, args.json)
+        return EXIT_OK if report.ok else EXIT_FAILED
+
+    stopping = False
+
+    def stop(_sig: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    mtime = args.plan.stat().st_mtime
+    while not stopping:
+        report = reconcile(
+            plan, kernel, state, dry_run=args.dry_run, persist=None if args.dry_run else persist
+        )
+        if report.steps or report.failures:
+            _print_report(report, args.dry_run, args.json)
+        sys.stdout.flush()
+        deadline = time.monotonic() + args.interval
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(min(0.2, args.interval))
+            try:
+                current = args.plan.stat().st_mtime
+            except FileNotFoundError:
+                continue  # keep the last plan (fail static) until a new file appears
+            if current != mtime:
+                mtime = current
+                try:
+                    plan = load_plan(args.plan, args.node)
+                except PlanFileError as exc:
+                    print(f"lvs-agent: keeping the last good plan: {exc}", file=sys.stderr)
+                    continue
+                break
+    return EXIT_OK
 
 
 if __name__ == "__main__":
