@@ -43,12 +43,14 @@ IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed",
                    "fo", "ovf")
 PRELOAD_MODULES = (
     "ip_vs",
-    *(f"ip_vs_{s}" for s in IPVS_SCHEDULERS),
+    *(f"ip_vs_{s}" for s in IPVS_SCHEDULERS), "ip_vs_pe_sip",
     "ipip", "ip_gre", "fou", "veth", "dummy", "bridge",
     "ip_set", "ip_set_*",  # every ipset type the package ships
-    "xt_set", "xt_mark", "xt_MARK", "xt_ipvs", "xt_multiport", "xt_conntrack", "xt_comment",
-    "nf_conntrack", "nf_nat", "xt_MASQUERADE",
+    # xt_mark carries both the mark match and the MARK target in 6.1 (there is no xt_MARK)
+    "xt_set", "xt_mark", "xt_ipvs", "xt_multiport", "xt_conntrack", "xt_comment",
+    "xt_tcpudp", "xt_nat", "nf_conntrack", "nf_nat", "xt_MASQUERADE",
     "ip_tables", "iptable_filter", "iptable_mangle", "iptable_nat",
+    "ip6_tables", "ip6table_mangle", "ip6table_nat",
     # Debian's `iptables` is iptables-nft: nf_tables plus the xt compatibility layer.
     "nf_tables", "nft_compat", "nft_chain_nat",
 )
