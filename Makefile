@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export LVS_CACHE ?= $(HOME)/.cache/lvs-operator
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv lint unit test demo bench-compile crds clean
+.PHONY: venv lint unit test demo bench-compile bench-kernel crds clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating the Python environment in $(VENV) (pip cache makes repeat runs fast)"
@@ -35,6 +35,10 @@ demo: $(STAMP)
 
 bench-compile: $(STAMP)
 	$(PY) bench/compile_bench.py
+
+# In the VM (real IPVS): batched netlink against ipvsadm-restore, 100 to 10,000 services.
+bench-kernel: $(STAMP)
+	$(PY) bench/kernel_bench.py
 
 # Regenerate crds/ from the typed model (operator/lvs_operator/api/types.py).
 crds: $(STAMP)
