@@ -21,7 +21,7 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports --no-cache
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
@@ -39,6 +39,8 @@ bench-compile: $(STAMP)
 # In the VM (real IPVS): batched netlink against ipvsadm-restore, 100 to 10,000 services.
 bench-kernel: $(STAMP)
 	$(PY) bench/kernel_bench.py
+	$(PY) -m tests.harness.vm run --memory 2048 --timeout 3600 -- \
+		$(PY) bench/agent_pass_bench.py --sizes 100,1000,10000 | tee bench/results/agent_pass.txt
 
 # Regenerate crds/ from the typed model (operator/lvs_operator/api/types.py).
 crds: $(STAMP)

@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 
 from ..compiler.plan import NodePlan, plan_from_dict
-from .reconcile import Kernel, ReconcileReport, reconcile
+from .cache import CachingKernel
+from .reconcile import InSync, Kernel, ReconcileReport, reconcile
 from .state import AgentState, load_state, save_state
 
 __all__ = ["load_plan", "main", "real_kernel"]
@@ -168,14 +169,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     mtime = args.plan.stat().st_mtime
+    # Passes caused by a new plan diff against a cached view of the kernel (a full read costs
+    # seconds at 10,000 services; the change is one message); the timer's passes read the
+    # kernel itself, which is what repairs drift and decides drains.
+    caching = CachingKernel(kernel)
+    in_sync: InSync = {}
+    full_read = True
     while not stopping:
+        if full_read:
+            caching.refresh()
+            in_sync.clear()
         report = reconcile(
-            plan, kernel, state, dry_run=args.dry_run, persist=None if args.dry_run else persist
+            plan,
+            caching.view,
+            state,
+            dry_run=args.dry_run,
+            persist=None if args.dry_run else persist,
+            in_sync=in_sync,
         )
+        if report.failures:  # read again next time rather than trust what we think we wrote
+            caching.refresh()
+            in_sync.clear()
         if report.steps or report.failures:
             _print_report(report, args.dry_run, args.json)
         sys.stdout.flush()
         deadline = time.monotonic() + args.interval
+        full_read = True
         while not stopping and time.monotonic() < deadline:
             time.sleep(min(0.2, args.interval))
             try:
@@ -189,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except PlanFileError as exc:
                     print(f"lvs-agent: keeping the last good plan: {exc}", file=sys.stderr)
                     continue
+                full_read = False
                 break
     return EXIT_OK
 

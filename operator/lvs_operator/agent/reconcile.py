@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
-from ..compiler.plan import Destination, IPVSService, NodePlan, TunnelDevice
+from ..compiler.plan import Destination, IPVSService, NodePlan, ServiceKey, TunnelDevice
 from ..compiler.render import MARK_CHAIN, SNAT_CHAIN, mark_rule_args, snat_rule_args
 from ..kernel.errors import AlreadyExists, KernelError, KernelUnavailable, NotFound
 from ..kernel.ipvs import (
@@ -38,7 +38,7 @@ from ..kernel.netstate import (
 )
 from .state import AgentState, DrainKey
 
-__all__ = ["Kernel", "ReconcileReport", "Step", "diff", "reconcile"]
+__all__ = ["InSync", "Kernel", "ReconcileReport", "Step", "diff", "reconcile"]
 
 IPSET_PREFIX = "lvs-"
 _CHAINS = [(f, "mangle", MARK_CHAIN, "PREROUTING") for f in (4, 6)] + [
@@ -179,7 +179,12 @@ def _desired_addresses(
 
 
 def diff(
-    plan: NodePlan, kernel: Kernel, state: AgentState, now: float, report: ReconcileReport
+    plan: NodePlan,
+    kernel: Kernel,
+    state: AgentState,
+    now: float,
+    report: ReconcileReport,
+    in_sync: InSync | None = None,
 ) -> list[Step]:
     """Every step that takes the live kernel to the plan, in a safe order."""
     live = _read_live(plan, kernel, state, report)
@@ -298,7 +303,10 @@ def diff(
         destroy_sets.append(Step("ipset", "destroy", name, name))
 
     if live.ipvs is not None:
-        steps.extend(_ipvs_steps(plan, live.ipvs, state, now, report))
+        # A cached view of the kernel (agent/cache.py) says when its connection counts are
+        # not current; then no destination is judged idle in this pass.
+        known_counts = bool(getattr(kernel.ipvs, "counts_current", True))
+        steps.extend(_ipvs_steps(plan, live.ipvs, state, now, report, in_sync, known_counts))
     return [
         *steps,
         *remove_chains,
@@ -309,8 +317,17 @@ def diff(
     ]
 
 
+InSync = dict[ServiceKey, tuple[IPVSService, LiveService]]
+
+
 def _ipvs_steps(
-    plan: NodePlan, live: list[LiveService], state: AgentState, now: float, report: ReconcileReport
+    plan: NodePlan,
+    live: list[LiveService],
+    state: AgentState,
+    now: float,
+    report: ReconcileReport,
+    in_sync: InSync | None,
+    known_counts: bool,
 ) -> list[Step]:
     wanted = {s.key: s for s in plan.director.services}
     have = {ls.service.key: ls for ls in live}
@@ -332,15 +349,23 @@ def _ipvs_steps(
             add_svc.append(op(IPVSOpKind.ADD_SERVICE, svc))
             add_dest.extend(op(IPVSOpKind.ADD_DEST, svc, d) for d in svc.destinations)
             continue
+        if in_sync is not None:
+            known = in_sync.get(key)
+            # The same cached kernel object and an equal plan entry: nothing to look at.
+            if known is not None and known[1] is current and known[0] == svc:
+                continue
         if key not in state.owned_services:
             report.warnings.append(
                 f"IPVS service {key} exists but was not created by lvs-agent (kube-proxy, "
                 "keepalived or a manual ipvsadm?); it is left untouched"
             )
             continue
+        before = len(add_dest) + len(edit_dest) + len(del_dest) + len(edit_svc)
+        draining_before = report.waiting_drains
         if service_attributes(current.service) != service_attributes(svc):
             edit_svc.append(op(IPVSOpKind.EDIT_SERVICE, svc))
         live_dests = {ld.dest.key: ld for ld in current.destinations}
+        planned = {d.key for d in svc.destinations}
         for d in svc.destinations:
             ld = live_dests.get(d.key)
             state.drains.pop((key, d.address, d.port), None)  # back in the plan: not draining
@@ -349,25 +374,33 @@ def _ipvs_steps(
             elif ld.dest != dest_attributes(d):
                 edit_dest.append(op(IPVSOpKind.EDIT_DEST, svc, d))
         for dkey, ld in live_dests.items():
-            if dkey in {d.key for d in svc.destinations}:
+            if dkey in planned:
                 continue
             drain_key: DrainKey = (key, dkey[0], dkey[1])
             started = state.drains.setdefault(drain_key, now)
             conns = ld.active_conns + ld.inactive_conns
-            if conns == 0 or now - started >= svc.drain_timeout:
-                why = "idle" if conns == 0 else f"drain deadline {svc.drain_timeout}s passed"
+            if (known_counts and conns == 0) or now - started >= svc.drain_timeout:
+                why = (
+                    "idle"
+                    if known_counts and conns == 0
+                    else (f"drain deadline {svc.drain_timeout}s passed")
+                )
                 del_dest.append(op(IPVSOpKind.DEL_DEST, svc, ld.dest, why))
             else:
                 report.waiting_drains += 1
                 if ld.dest.weight != 0:
+                    held = f"{conns} connection(s)" if known_counts else "connections unknown"
                     edit_dest.append(
                         op(
                             IPVSOpKind.EDIT_DEST,
                             svc,
                             ld.dest._replace(weight=0),
-                            f"draining, {conns} connection(s)",
+                            f"draining, {held}",
                         )
                     )
+        unchanged = before == len(add_dest) + len(edit_dest) + len(del_dest) + len(edit_svc)
+        if in_sync is not None and unchanged and report.waiting_drains == draining_before:
+            in_sync[key] = (svc, current)
     for key, ls in have.items():
         if key not in wanted and key in state.owned_services:
             del_svc.append(op(IPVSOpKind.DEL_SERVICE, ls.service))
@@ -446,12 +479,20 @@ def reconcile(
     dry_run: bool = False,
     now: Callable[[], float] = time.time,
     persist: Callable[[AgentState], None] | None = None,
+    in_sync: InSync | None = None,
 ) -> ReconcileReport:
     """One pass: diff, then apply (unless dry_run). Never raises for kernel errors: they are
-    in the report, and the next pass retries."""
+    in the report, and the next pass retries.
+
+    `in_sync` (kept by the caller across passes over a cached kernel view) remembers services
+    found equal to the plan, so a pass after a one-service change looks at one service."""
     report = ReconcileReport()
+    if in_sync is not None and len(in_sync) > 2 * len(plan.director.services) + 64:
+        wanted = {s.key for s in plan.director.services}
+        for key in [k for k in in_sync if k not in wanted]:
+            del in_sync[key]
     try:
-        steps = diff(plan, kernel, state, now(), report)
+        steps = diff(plan, kernel, state, now(), report, in_sync)
     except KernelError as exc:
         report.failures.append(f"reading the kernel failed: {exc}")
         return report
