@@ -20,7 +20,6 @@ import functools
 import ipaddress
 import os
 import socket
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -39,7 +38,6 @@ from pyroute2.netlink.nfnetlink.ipset import (
     IPSET_ERR_TYPE_SPECIFIC,
     IPSET_FLAG_LIST_SETNAME,
 )
-from pyroute2.netns import popns, pushns
 
 from .errors import (
     AlreadyExists,
@@ -49,12 +47,12 @@ from .errors import (
     NotFound,
     PermissionDenied,
 )
+from .netns import entered
 from .netstate import IPSetState
 
 __all__ = ["MAX_NAME_LENGTH", "NetlinkIPSets", "ipset_module"]
 
 MAX_NAME_LENGTH = 31  # IPSET_MAXNAMELEN (32) including the terminating NUL
-NETNS_DIR = "/run/netns"  # where `ip netns add` puts its namespace handles
 
 _FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
 _FAMILY_NAMES = {v: k for k, v in _FAMILIES.items()}
@@ -62,10 +60,6 @@ _HOST_BITS = {"inet": 32, "inet6": 128}
 # The protocols `ipset save` prints by name in a port dimension (its print_proto_port).
 _PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136}
 _PROTOCOL_NAMES = {v: k for k, v in _PROTOCOLS.items()}
-
-# pyroute2 keeps one process-wide stack of saved namespaces (pushns/popns): serialise its use
-# so two threads cannot pop each other's namespace.
-_NETNS_LOCK = threading.Lock()
 
 
 def ipset_module(set_type: str) -> str:
@@ -198,21 +192,8 @@ class NetlinkIPSets:
 
     @staticmethod
     def _open_in_netns(netns: str) -> Any:
-        # Open the handle ourselves: pyroute2's setns() by name *creates* a missing namespace.
-        path = netns if netns.startswith("/") else os.path.join(NETNS_DIR, netns)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError as exc:
-            raise NotFound(f"network namespace {netns} does not exist ({path})") from exc
-        try:
-            with _NETNS_LOCK:
-                pushns(fd)
-                try:
-                    return IPSet()
-                finally:
-                    popns()
-        finally:
-            os.close(fd)
+        with entered(netns):
+            return IPSet()
 
     @staticmethod
     def _call(

@@ -27,7 +27,6 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import NamedTuple
 
-from pyroute2 import netns as _pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.generic.ipvs import AsyncIPVSSocket, IPVSSocket
 
@@ -48,6 +47,7 @@ from .errors import (
     PermissionDenied,
 )
 from .ipvs import IPVSOp, IPVSOpKind, LiveDestination, LiveService, OpFailure
+from .netns import entered
 
 __all__ = ["NetlinkIPVS"]
 
@@ -643,14 +643,8 @@ class NetlinkIPVS:
             if self.netns is None:
                 self._sock = self._open()
             else:
-                path = self.netns if "/" in self.netns else f"/run/netns/{self.netns}"
-                if not os.path.exists(path):  # pushns would create it: refuse instead
-                    raise NotFound(f"network namespace {self.netns} does not exist ({path})")
-                _pyroute2_netns.pushns(path)
-                try:
+                with entered(self.netns):
                     self._sock = self._open()
-                finally:
-                    _pyroute2_netns.popns()
         return self._sock
 
     def _open(self) -> socket.socket:

@@ -12,18 +12,16 @@ What the kernel says is translated into `errors.py` at this boundary.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import os
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
 from pyroute2 import IPRoute
-from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink import (
     CTRL_CMD_GETFAMILY,
     GENL_ID_CTRL,
@@ -45,11 +43,11 @@ from .errors import (
     NotFound,
     PermissionDenied,
 )
+from .netns import entered
 from .netstate import ADDRESS_PROTO, AddressEntry
 
 __all__ = ["NetlinkAddresses", "NetlinkTunnels", "ProcSysctls"]
 
-NETNS_DIR = "/var/run/netns"  # where `ip netns add` and pyroute2 keep named namespaces
 
 IFF_UP = 0x1
 IFA_F_SECONDARY = 0x01
@@ -89,43 +87,11 @@ def _kernel_error(what: str, exc: BaseException) -> KernelError:
     return cls(f"{what}: {reason}")
 
 
-# --- network namespaces ---------------------------------------------------------------------
-
-
-def _netns_path(netns: str) -> str:
-    return netns if "/" in netns else f"{NETNS_DIR}/{netns}"
-
-
-@contextlib.contextmanager
-def _entered(netns: str | None) -> Iterator[None]:
-    """Run the body inside `netns` (this thread only); NotFound if it does not exist.
-
-    pyroute2's pushns() would *create* a missing namespace (it opens with O_CREAT), which
-    would hide a typo behind an empty namespace, so the fd is opened here first."""
-    if netns is None:
-        yield
-        return
-    try:
-        target = os.open(_netns_path(netns), os.O_RDONLY)
-    except FileNotFoundError as exc:
-        raise NotFound(f"network namespace {netns} does not exist") from exc
-    saved = os.open("/proc/self/ns/net", os.O_RDONLY)
-    try:
-        try:
-            pyroute2_netns.setns(target)
-        except OSError as exc:
-            raise _kernel_error(f"enter network namespace {netns}", exc) from exc
-        try:
-            yield
-        finally:
-            pyroute2_netns.setns(saved)
-    finally:
-        os.close(saved)
-        os.close(target)
+# --- network namespaces: see netns.py ------------------------------------------------------
 
 
 def _open_iproute(netns: str | None) -> Any:
-    with _entered(netns):
+    with entered(netns):
         return IPRoute()
 
 
@@ -382,14 +348,14 @@ class ProcSysctls:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        with _entered(netns):  # fail now, not at the first get, if it does not exist
+        with entered(netns):  # fail now, not at the first get, if it does not exist
             pass
 
     def get(self, key: str) -> str | None:
         """The value with runs of whitespace as one space (`ip_local_port_range` reads back
         "32768\\t60999"), or None when the key does not exist."""
         path = _sysctl_path(key)
-        with _entered(self.netns):
+        with entered(self.netns):
             try:
                 text = path.read_text()
             except FileNotFoundError:
@@ -402,7 +368,7 @@ class ProcSysctls:
         """Write it; NotFound (naming the module or device that would provide the key) if the
         key does not exist, InvalidArgument if the kernel rejects the value."""
         path = _sysctl_path(key)
-        with _entered(self.netns):
+        with entered(self.netns):
             try:
                 fd = os.open(path, os.O_WRONLY)  # no O_CREAT: /proc/sys has what it has
             except FileNotFoundError as exc:
@@ -431,9 +397,10 @@ def _missing_sysctl(key: str) -> str:
     parts = key.split(".")
     if len(parts) >= 5 and parts[0] == "net" and parts[2] == "conf":
         device = parts[3].replace("/", ".")
-        if device not in ("all", "default") and not Path(
-            "/proc/sys", parts[0], parts[1], "conf", device
-        ).exists():
+        if (
+            device not in ("all", "default")
+            and not Path("/proc/sys", parts[0], parts[1], "conf", device).exists()
+        ):
             module = _TUNNEL_MODULES.get(device)
             made_by = f" (made by the {module} module's tunnel device)" if module else ""
             return f"sysctl {key} does not exist: no device {device} here{made_by}"
@@ -542,8 +509,10 @@ class NetlinkTunnels(_Netlink):
             if spec.gue:
                 have = ports.get(spec.family, [])
                 mine = self._ensured_port.get(name)
-                port = mine if mine is not None and (mine == 0 or mine in have) else min(
-                    have, default=0
+                port = (
+                    mine
+                    if mine is not None and (mine == 0 or mine in have)
+                    else min(have, default=0)
                 )
             out.append(TunnelDevice(name, spec.kind, port))
         return sorted(out)
@@ -564,9 +533,7 @@ class NetlinkTunnels(_Netlink):
         fine. Never loads a module."""
         spec = _fallback(device)
         self._ensured_port.pop(device.name, None)
-        if device.fou_port and device.fou_port in self._gue_ports(load=False).get(
-            spec.family, []
-        ):
+        if device.fou_port and device.fou_port in self._gue_ports(load=False).get(spec.family, []):
             self._fou_request(FOU_CMD_DEL, device.fou_port, spec.family, device.name)
         link = self._link(device.name)
         if link is not None and link["flags"] & IFF_UP:
@@ -607,7 +574,7 @@ class NetlinkTunnels(_Netlink):
         (resolving the family by name would load it, and list/release must not)."""
         if self._fou is not None:
             return self._fou
-        with _entered(self.netns):
+        with entered(self.netns):
             if not load and FOU_GENL_NAME not in _genl_families():
                 return None
             sock = GenericNetlinkSocket()
@@ -683,9 +650,7 @@ def _genl_families() -> set[str]:
         msg = ctrlmsg()
         msg["cmd"] = CTRL_CMD_GETFAMILY
         msg["version"] = 1
-        replies = sock.nlm_request(
-            msg, msg_type=GENL_ID_CTRL, msg_flags=NLM_F_REQUEST | NLM_F_DUMP
-        )
+        replies = sock.nlm_request(msg, msg_type=GENL_ID_CTRL, msg_flags=NLM_F_REQUEST | NLM_F_DUMP)
         return {str(r.get("CTRL_ATTR_FAMILY_NAME")) for r in replies}
     except NetlinkError as exc:
         raise _kernel_error("list generic netlink families", exc) from exc
