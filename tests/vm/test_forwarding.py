@@ -25,6 +25,15 @@ from tests.vm.lvslab import (
 REQUESTS = 6
 
 
+def _ask(lab: dict, vip: str, server_port: int) -> list[tuple[str, str]]:
+    """REQUESTS fresh GETs to vip:80 while rs1 and rs2 serve on `server_port`:
+    (who answered, whom it saw) for each."""
+    with ExitStack() as servers:
+        for name in ("rs1", "rs2"):
+            servers.enter_context(who_http(lab[name], server_port, name))
+        return [get(lab["client"], vip, 80) for _ in range(REQUESTS)]
+
+
 def _backends(method: str, addresses: dict[str, str], **spec: object) -> list[dict]:
     return [rs(name, ip, app="web", nodeName=name, **spec) for name, ip in addresses.items()]
 
@@ -36,10 +45,7 @@ def test_nat_maps_the_port_and_replies_return_through_the_director(
                scheduler={"name": "rr"}, forwarding={"method": "NAT"}),
             *_backends("NAT", {"rs1": "198.51.100.11", "rs2": "198.51.100.12"})]
     program(lab, docs, tmp_path, nodes=("director",))
-    with ExitStack() as servers:
-        for name in ("rs1", "rs2"):
-            servers.enter_context(who_http(lab[name], 8080, name))
-        answers = [get(lab["client"], "203.0.113.10", 80) for _ in range(REQUESTS)]
+    answers = _ask(lab, "203.0.113.10", 8080)
     assert Counter(server for server, _ in answers) == {"rs1": 3, "rs2": 3}
     assert {seen for _, seen in answers} == {"203.0.113.2"}  # NAT keeps the client address
     stats = service_stats(lab["director"], "-t 203.0.113.10:80", REQUESTS)
@@ -54,10 +60,7 @@ def test_fullnat_real_servers_see_the_director_and_need_no_route_back(
             *_backends("FULLNAT", {"rs1": "198.51.100.11", "rs2": "198.51.100.12"})]
     program(lab, docs, tmp_path, nodes=("director",))
     assert lab["rs1"].run(["ip", "route", "show", "default"]).stdout == ""
-    with ExitStack() as servers:
-        for name in ("rs1", "rs2"):
-            servers.enter_context(who_http(lab[name], 8080, name))
-        answers = [get(lab["client"], "203.0.113.10", 80) for _ in range(REQUESTS)]
+    answers = _ask(lab, "203.0.113.10", 8080)
     assert Counter(server for server, _ in answers) == {"rs1": 3, "rs2": 3}
     assert {seen for _, seen in answers} == {"198.51.100.1"}  # source NAT to the director
 
@@ -73,10 +76,7 @@ def test_dr_real_servers_answer_directly(make_netns: MakeNetns, tmp_path: Path):
         assert "192.0.2.10/32" in addrs
         assert lab[name].run(["sysctl", "-n", "net.ipv4.conf.all.arp_ignore"]).stdout.strip() == "1"
         assert lab[name].run(["sysctl", "-n", "net.ipv4.conf.all.arp_announce"]).stdout.strip() == "2"
-    with ExitStack() as servers:
-        for name in ("rs1", "rs2"):
-            servers.enter_context(who_http(lab[name], 80, name))
-        answers = [get(lab["client"], "192.0.2.10", 80) for _ in range(REQUESTS)]
+    answers = _ask(lab, "192.0.2.10", 80)
     assert Counter(server for server, _ in answers) == {"rs1": 3, "rs2": 3}
     assert {seen for _, seen in answers} == {"192.0.2.100"}
     stats = service_stats(lab["director"], "-t 192.0.2.10:80", REQUESTS)
@@ -97,10 +97,7 @@ def test_tun_real_servers_decapsulate_and_answer_directly(make_netns: MakeNetns,
     for name in ("rs1", "rs2"):
         link = lab[name].run(["ip", "-o", "link", "show", "tunl0"]).stdout
         assert "UP" in link.split("<", 1)[1].split(">", 1)[0], link
-    with ExitStack() as servers:
-        for name in ("rs1", "rs2"):
-            servers.enter_context(who_http(lab[name], 80, name))
-        answers = [get(lab["client"], "192.0.2.10", 80) for _ in range(REQUESTS)]
+    answers = _ask(lab, "192.0.2.10", 80)
     assert Counter(server for server, _ in answers) == {"rs1": 3, "rs2": 3}
     assert {seen for _, seen in answers} == {"192.0.2.100"}
     stats = service_stats(lab["director"], "-t 192.0.2.10:80", REQUESTS)
