@@ -20,6 +20,7 @@ from lvs_operator.compiler.plan import (
     TunnelDevice,
     plan_to_dict,
 )
+from lvs_operator.kernel.errors import KernelUnavailable
 from lvs_operator.kernel.fake import (
     FakeAddresses,
     FakeChains,
@@ -273,3 +274,20 @@ def test_dropping_a_fwmark_service_removes_rules_then_sets_in_one_pass():
     report = reconcile(plans(*web("198.51.100.11")), kernel, state)
     assert report.ok, report.failures  # the kernel refuses to destroy a set a rule still uses
     assert kernel.ipsets.list("lvs-") == {} and kernel.chains.read(4, "mangle", "LVS-MARK") is None
+
+
+def test_a_node_without_ip6tables_still_reconciles_its_ipv4_state():
+    kernel, state = fake_kernel(), AgentState()
+    original_read = kernel.chains.read
+
+    def read(family, table, chain):
+        if family == 6:
+            raise KernelUnavailable("ip6tables: table nat does not exist (insmod?)")
+        return original_read(family, table, chain)
+
+    kernel.chains.read = read  # type: ignore[method-assign]
+    docs = [vs("shop", ports=None, firewallMark={"mark": 7, "ports": [{"port": 80}]}),
+            rs("a", "198.51.100.1", app="shop")]
+    report = reconcile(plans(*docs), kernel, state)
+    assert report.ok, report.failures
+    assert kernel.chains.read(4, "mangle", "LVS-MARK") is not None

@@ -114,7 +114,16 @@ def _read_live(plan: NodePlan, kernel: Kernel, state: AgentState, report: Reconc
             report.failures.append(f"ipvs: {exc}")
     chains = {}
     for family, table, chain, _hook in _CHAINS:
-        live = kernel.chains.read(family, table, chain)
+        try:
+            live = kernel.chains.read(family, table, chain)
+        except KernelUnavailable as exc:
+            # e.g. no ip6tables on an IPv4-only node: only an error if the plan needs it
+            needed = any(
+                r.family == family for r in (*plan.director.mark_rules, *plan.director.snat_rules)
+            )
+            if needed:
+                report.failures.append(f"{table}/{chain} (IPv{family}): {exc}")
+            continue
         if live is not None:
             chains[(family, table, chain)] = live
     owned: set[tuple[str, str, int]] = set()
