@@ -118,9 +118,8 @@ def _read_live(plan: NodePlan, kernel: Kernel, state: AgentState, report: Reconc
             live = kernel.chains.read(family, table, chain)
         except KernelUnavailable as exc:
             # e.g. no ip6tables on an IPv4-only node: only an error if the plan needs it
-            needed = any(
-                r.family == family for r in (*plan.director.mark_rules, *plan.director.snat_rules)
-            )
+            rules = plan.director.mark_rules if table == "mangle" else plan.director.snat_rules
+            needed = any(r.family == family for r in rules)
             if needed:
                 report.failures.append(f"{table}/{chain} (IPv{family}): {exc}")
             continue
