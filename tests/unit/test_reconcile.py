@@ -291,3 +291,4 @@ def test_a_node_without_ip6tables_still_reconciles_its_ipv4_state():
     report = reconcile(plans(*docs), kernel, state)
     assert report.ok, report.failures
     assert kernel.chains.read(4, "mangle", "LVS-MARK") is not None
+

@@ -61,8 +61,10 @@ def load_plan(path: Path, node: str) -> NodePlan:
         raise PlanFileError(f"{path}: plan for {node} is malformed: {exc}") from exc
 
 
-def real_kernel(netns: str | None) -> Kernel:
-    """The real adapters, optionally inside a named network namespace."""
+def real_kernel(netns: str | None, iptables: str = "auto") -> Kernel:
+    """The real adapters, optionally inside a named network namespace. `iptables` names the
+    host's flavour (nft or legacy); "auto" asks the iptables found on PATH, which inside a
+    container is the image's, not necessarily the host's."""
     from ..kernel.real_chains import IptablesChains
     from ..kernel.real_ipset import NetlinkIPSets
     from ..kernel.real_ipvs import NetlinkIPVS
@@ -71,7 +73,7 @@ def real_kernel(netns: str | None) -> Kernel:
     return Kernel(
         ipvs=NetlinkIPVS(netns),
         ipsets=NetlinkIPSets(netns),
-        chains=IptablesChains(netns),
+        chains=IptablesChains(netns, flavour=None if iptables == "auto" else iptables),
         addresses=NetlinkAddresses(netns),
         sysctls=ProcSysctls(netns),
         tunnels=NetlinkTunnels(netns),
@@ -135,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
         help="where ownership and drain state survive restarts (default /var/lib/lvs-agent)",
     )
     p.add_argument("--netns", help="operate inside this named network namespace (testing)")
+    p.add_argument(
+        "--iptables",
+        choices=("auto", "nft", "legacy"),
+        default="auto",
+        help="the host's iptables flavour for the owned chains; auto asks `iptables "
+        "-V` (in a container, set it to what the host uses)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
@@ -148,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PlanFileError, ValueError) as exc:
         print(f"lvs-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    kernel = real_kernel(args.netns)
+    kernel = real_kernel(args.netns, args.iptables)
 
     def persist(s: AgentState) -> None:
         save_state(state_path, s)
