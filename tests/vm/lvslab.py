@@ -11,7 +11,6 @@ import contextlib
 import http.server
 import socket
 import socketserver
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from lvs_operator.agent.state import load_state, save_state
 from lvs_operator.api.objects import parse_manifest
 from lvs_operator.compiler.engine import compile_cluster
 from tests.unit.builders import node
-from tests.vm.netlab import Netns, veth
+from tests.vm.netlab import Netns, serving, veth
 
 MakeNetns = Callable[[str], Netns]
 
@@ -115,21 +114,6 @@ class _Threaded(socketserver.ThreadingMixIn):
 
 
 @contextlib.contextmanager
-def _serving(ns: Netns, make: Callable[[], socketserver.BaseServer]) -> Iterator[None]:
-    with ns.entered():
-        server = make()  # the listening socket is created, and stays, in the namespace
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
-@contextlib.contextmanager
 def who_http(ns: Netns, port: int, name: str) -> Iterator[None]:
     """HTTP on 0.0.0.0:port answering "<name> <client address it saw>"."""
 
@@ -148,7 +132,7 @@ def who_http(ns: Netns, port: int, name: str) -> Iterator[None]:
     class Server(_Threaded, http.server.HTTPServer):
         pass
 
-    with _serving(ns, lambda: Server(("0.0.0.0", port), Handler)):
+    with serving(ns, lambda: Server(("0.0.0.0", port), Handler)):
         yield
 
 
@@ -166,7 +150,7 @@ def line_echo(ns: Netns, port: int, name: str) -> Iterator[None]:
     class Server(_Threaded, socketserver.TCPServer):
         pass
 
-    with _serving(ns, lambda: Server(("0.0.0.0", port), Handler)):
+    with serving(ns, lambda: Server(("0.0.0.0", port), Handler)):
         yield
 
 
@@ -182,7 +166,7 @@ def udp_who(ns: Netns, port: int, name: str) -> Iterator[None]:
     class Server(socketserver.UDPServer):
         allow_reuse_address = True
 
-    with _serving(ns, lambda: Server(("0.0.0.0", port), Handler)):
+    with serving(ns, lambda: Server(("0.0.0.0", port), Handler)):
         yield
 
 

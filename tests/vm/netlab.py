@@ -10,9 +10,10 @@ import contextlib
 import http.client
 import http.server
 import os
+import socketserver
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,15 +101,14 @@ class _NameHandler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def http_backend(ns: Netns, address: str, port: int, name: str) -> Iterator[None]:
-    """A tiny http.server bound inside `ns`, served from a thread of this process.
+def serving(ns: Netns, make: Callable[[], socketserver.BaseServer]) -> Iterator[None]:
+    """Run the server `make()` builds, from a thread of this process, inside `ns`.
 
     The listening socket is created inside the namespace and stays there; a thread avoids
     starting another Python interpreter, which takes seconds under TCG.
     """
-    handler = type("Handler", (_NameHandler,), {"server_name_text": name})
     with ns.entered():
-        server = http.server.ThreadingHTTPServer((address, port), handler)
+        server = make()
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                               daemon=True)
     thread.start()
@@ -118,6 +118,14 @@ def http_backend(ns: Netns, address: str, port: int, name: str) -> Iterator[None
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def http_backend(ns: Netns, address: str, port: int, name: str) -> Iterator[None]:
+    """A tiny http.server bound inside `ns` that answers with `name`."""
+    handler = type("Handler", (_NameHandler,), {"server_name_text": name})
+    with serving(ns, lambda: http.server.ThreadingHTTPServer((address, port), handler)):
+        yield
 
 
 def http_get(ns: Netns, address: str, port: int, *, timeout: float = 5.0) -> str:

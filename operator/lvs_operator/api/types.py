@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .schema import Rule, field
 
@@ -308,6 +308,24 @@ class FirewallMarkPort:
     protocol: Protocol = field("TCP, UDP or SCTP.", default=Protocol.TCP)
 
 
+def _cidr_list(doc: str, json_name: str, example: str) -> Any:
+    """A set of CIDRs (at most 64; 43 characters fits any IPv6 CIDR and bounds CEL's cost)."""
+    return field(
+        doc,
+        default=(),
+        max_items=64,
+        item_max_length=43,
+        list_type="set",
+        rules=(
+            Rule(
+                cel="self.all(c, isCIDR(c))",
+                message=f"{json_name} entries must be CIDRs such as {example}",
+                check=lambda v: all(is_cidr(c) for c in v),
+            ),
+        ),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class FirewallMark:
     """A firewall-mark service (ipvsadm -f): packets to the VIP on any of `ports` are marked
@@ -328,33 +346,15 @@ class FirewallMark:
         list_type="map",
         list_map_keys=("port", "protocol"),
     )
-    source_ranges: tuple[str, ...] = field(
+    source_ranges: tuple[str, ...] = _cidr_list(
         "Only mark packets from these source CIDRs (default: any source).",
-        default=(),
-        max_items=64,
-        item_max_length=43,
-        list_type="set",
-        rules=(
-            Rule(
-                cel="self.all(c, isCIDR(c))",
-                message="sourceRanges entries must be CIDRs such as 198.51.100.0/24",
-                check=lambda v: all(is_cidr(c) for c in v),
-            ),
-        ),
+        "sourceRanges",
+        "198.51.100.0/24",
     )
-    except_ranges: tuple[str, ...] = field(
+    except_ranges: tuple[str, ...] = _cidr_list(
         "Never mark packets from these source CIDRs, even inside sourceRanges.",
-        default=(),
-        max_items=64,
-        item_max_length=43,
-        list_type="set",
-        rules=(
-            Rule(
-                cel="self.all(c, isCIDR(c))",
-                message="exceptRanges entries must be CIDRs such as 198.51.100.7/32",
-                check=lambda v: all(is_cidr(c) for c in v),
-            ),
-        ),
+        "exceptRanges",
+        "198.51.100.7/32",
     )
 
 
