@@ -16,7 +16,14 @@ from .objects import API_GROUP
 from .schema import openapi_schema
 from .types import RealServerSpec, VirtualServiceSpec
 
-__all__ = ["check_crds", "crd_documents", "dump", "render_crd", "write_crds"]
+__all__ = [
+    "check_crds",
+    "crd_documents",
+    "dump",
+    "render_crd",
+    "render_plan_crd",
+    "write_crds",
+]
 
 _CONDITION = {
     "type": "object",
@@ -154,11 +161,153 @@ def render_crd(kind: str, spec_cls: type) -> dict[str, Any]:
     }
 
 
+# The operator -> agent contract (compiler/shards.py): cluster-scoped, written by the operator
+# only; the agent reads them and writes NodePlan status. The plan body is the versioned plan
+# format (`formatVersion`), validated by the agent, so the schema keeps it opaque.
+_PLAN_BODY = {
+    "type": "object",
+    "description": "Plan records in the plan format named by formatVersion (see lvsctl plan "
+    "--format json).",
+    "x-kubernetes-preserve-unknown-fields": True,
+}
+_NODEPLAN_SPEC = {
+    "type": "object",
+    "required": ["node", "formatVersion", "plan", "shards"],
+    "properties": {
+        "node": {"type": "string", "maxLength": 253},
+        "formatVersion": {"type": "integer"},
+        "plan": _PLAN_BODY,
+        "shards": {
+            "type": "array",
+            "description": "The NodePlanShards that hold the rest of the plan, with the digest "
+            "each must carry.",
+            "maxItems": 4096,
+            "items": {
+                "type": "object",
+                "required": ["name", "digest"],
+                "properties": {
+                    "name": {"type": "string", "maxLength": 253},
+                    "digest": {"type": "string", "maxLength": 64},
+                },
+            },
+        },
+    },
+}
+_NODEPLAN_STATUS = {
+    "type": "object",
+    "description": "Written by the node's agent.",
+    "properties": {
+        "observedGeneration": {
+            "type": "integer",
+            "format": "int64",
+            "description": "The NodePlan generation the agent has applied.",
+        },
+        "conditions": {
+            "type": "array",
+            "items": _CONDITION,
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+        "lastSyncTime": {"type": "string", "format": "date-time"},
+        "agent": {"type": "string", "description": "Agent version and host."},
+        "services": {"type": "integer"},
+        "destinations": {"type": "integer"},
+        "draining": {"type": "integer"},
+        "failures": {"type": "array", "maxItems": 50, "items": {"type": "string"}},
+        "warnings": {"type": "array", "maxItems": 50, "items": {"type": "string"}},
+    },
+}
+_SHARD_SPEC = {
+    "type": "object",
+    "required": ["node", "index", "digest", "formatVersion", "plan"],
+    "properties": {
+        "node": {"type": "string", "maxLength": 253},
+        "index": {"type": "integer", "minimum": 0},
+        "digest": {"type": "string", "maxLength": 64},
+        "formatVersion": {"type": "integer"},
+        "plan": _PLAN_BODY,
+    },
+}
+
+
+def render_plan_crd(kind: str) -> dict[str, Any]:
+    """NodePlan (one per node, named after it) and NodePlanShard."""
+    is_root = kind == "NodePlan"
+    plural = "nodeplans" if is_root else "nodeplanshards"
+    if is_root:
+        columns = [
+            {"name": "Shards", "type": "string", "jsonPath": ".spec.shards[*].name",
+             "priority": 1},
+            {"name": "Generation", "type": "integer", "jsonPath": ".metadata.generation"},
+            {"name": "Applied", "type": "integer", "jsonPath": ".status.observedGeneration"},
+            {
+                "name": "Programmed",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Programmed")].status',
+            },
+            {"name": "Services", "type": "integer", "jsonPath": ".status.services"},
+            {"name": "Last-Sync", "type": "date", "jsonPath": ".status.lastSyncTime"},
+        ]
+    else:
+        columns = [
+            {"name": "Node", "type": "string", "jsonPath": ".spec.node"},
+            {"name": "Index", "type": "integer", "jsonPath": ".spec.index"},
+            {"name": "Digest", "type": "string", "jsonPath": ".spec.digest"},
+        ]
+    columns.append({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})
+    version: dict[str, Any] = {
+        "name": "v1alpha1",
+        "served": True,
+        "storage": True,
+        "additionalPrinterColumns": columns,
+        "schema": {
+            "openAPIV3Schema": {
+                "type": "object",
+                "description": (
+                    "The kernel state one node's agent must program, published by the operator."
+                    if is_root
+                    else "Part of a NodePlan: the records whose identity hashes to this shard."
+                ),
+                "required": ["spec"],
+                "properties": {
+                    "apiVersion": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "metadata": {"type": "object"},
+                    "spec": _NODEPLAN_SPEC if is_root else _SHARD_SPEC,
+                    **({"status": _NODEPLAN_STATUS} if is_root else {}),
+                },
+            }
+        },
+    }
+    if is_root:
+        version["subresources"] = {"status": {}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{API_GROUP}"},
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Cluster",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": plural[:-1],
+                "shortNames": ["lvsnp"] if is_root else ["lvsnps"],
+                "categories": ["lvs"],
+            },
+            "versions": [version],
+        },
+    }
+
+
 def crd_documents() -> dict[str, dict[str, Any]]:
     """File name -> CRD document."""
     return {
         f"virtualservices.{API_GROUP}.yaml": render_crd("VirtualService", VirtualServiceSpec),
         f"realservers.{API_GROUP}.yaml": render_crd("RealServer", RealServerSpec),
+        f"nodeplans.{API_GROUP}.yaml": render_plan_crd("NodePlan"),
+        f"nodeplanshards.{API_GROUP}.yaml": render_plan_crd("NodePlanShard"),
     }
 
 

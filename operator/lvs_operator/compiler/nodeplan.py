@@ -29,7 +29,7 @@ from .plan import (
     VIPAddress,
 )
 
-__all__ = ["NodeAggregate", "service_order"]
+__all__ = ["NodeAggregate", "address_order", "service_order"]
 
 A = TypeVar("A", VIPAddress, LoopbackVIP)
 
@@ -149,7 +149,7 @@ class _SharedAddresses(Generic[A]):
 
     def apply(self, entry: A, owner: str, sign: int) -> None:
         key = entry.key
-        item = (_address_order(entry), key)
+        item = (address_order(entry), key)
         i = bisect.bisect_left(self._order, item)
         entries = self._by_owner.get(key)
         if entries is None:
@@ -172,7 +172,7 @@ class _SharedAddresses(Generic[A]):
         return tuple(self._in_order)
 
 
-def _address_order(entry: VIPAddress | LoopbackVIP) -> tuple[str, int, int]:
+def address_order(entry: VIPAddress | LoopbackVIP) -> tuple[str, int, int]:
     device = entry.device if isinstance(entry, LoopbackVIP) else ""
     canon = canonical_ip(entry.address)
     return (device, *((canon[1], canon[2]) if canon else (0, 0)))

@@ -237,8 +237,13 @@ def _pump_stderr(stream: BinaryIO) -> None:
 def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 900,
         memory_mb: int = 2048, cpus: int = 1, forwards: Sequence[tuple[int, int]] = (),
         outdir: str | os.PathLike[str] | None = None, cwd: str | None = None,
-        verbose: bool = False, stdout: BinaryIO | None = None) -> VmRun:
-    """Boot a VM, run `argv` in it and report; see run_in_vm for the plain exit-status API."""
+        verbose: bool = False, stdout: BinaryIO | None = None,
+        stop: threading.Event | None = None) -> VmRun:
+    """Boot a VM, run `argv` in it and report; see run_in_vm for the plain exit-status API.
+
+    `stop`: when another thread sets it, qemu is killed within a second (a VM run in a
+    background thread, as GuestVM does, needs a way out that does not wait for `timeout`).
+    """
     cwd = os.path.abspath(cwd or os.getcwd())
     for own in ("/run", "/proc", "/sys", "/dev"):
         if cwd == own or cwd.startswith(own + "/"):
@@ -263,7 +268,7 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: f
         log(f"booting Linux {image.kernel_version} ({accel}, {cpus} CPU, {memory_mb} MB)")
         if verbose:
             log("qemu command line: " + shlex.join(qargv))
-        result = _supervise(qargv, nonce, out, timeout, verbose)
+        result = _supervise(qargv, nonce, out, timeout, verbose, stop)
         status_file = ctl / "status"
         if status_file.exists():
             with contextlib.suppress(ValueError):
@@ -272,7 +277,7 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: f
 
 
 def _supervise(qargv: list[str], nonce: str, out: BinaryIO, timeout: float,
-               verbose: bool) -> VmRun:
+               verbose: bool, stop: threading.Event | None = None) -> VmRun:
     t0 = time.monotonic()
     flt = ConsoleFilter(nonce, out, verbose)
     proc = subprocess.Popen(qargv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -284,7 +289,7 @@ def _supervise(qargv: list[str], nonce: str, out: BinaryIO, timeout: float,
     # LVS_VM_CONSOLE_LOG=FILE keeps the raw console (boot messages included) for debugging.
     raw_log_path = os.environ.get("LVS_VM_CONSOLE_LOG")
     raw_log = open(raw_log_path, "wb") if raw_log_path else None  # noqa: SIM115
-    timed_out = False
+    timed_out = stopped = False
     announced = False
     deadline = t0 + timeout
     try:
@@ -294,6 +299,9 @@ def _supervise(qargv: list[str], nonce: str, out: BinaryIO, timeout: float,
             left = deadline - time.monotonic()
             if left <= 0:
                 timed_out = flt.phase != "done"
+                break
+            if stop is not None and stop.is_set():
+                stopped = True
                 break
             ready, _, _ = select.select([fd], [], [], min(left, 1.0))
             if ready:
@@ -307,7 +315,7 @@ def _supervise(qargv: list[str], nonce: str, out: BinaryIO, timeout: float,
                 announced = True
                 log(f"guest up after {flt.started_at - t0:.1f} s; running the command")
     finally:
-        if not timed_out:  # EOF or an exception: give qemu a moment to exit by itself
+        if not (timed_out or stopped):  # EOF or an exception: give qemu a moment to exit
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
         if proc.poll() is None:
@@ -330,6 +338,8 @@ def _supervise(qargv: list[str], nonce: str, out: BinaryIO, timeout: float,
         log(f"TIMEOUT: no exit after {timeout:.0f} s ({where}); killed qemu")
         if flt.phase == "boot":
             _show_tail(result)
+    elif stopped:
+        log("stopped by the caller; killed qemu")
     elif flt.phase != "done":
         log(f"the VM stopped without reporting an exit status (qemu exit code {proc.returncode})")
         _show_tail(result)
