@@ -11,8 +11,14 @@ from hypothesis import strategies as st
 
 from lvs_operator.api.objects import parse_manifest
 from lvs_operator.compiler.engine import compile_cluster
-from lvs_operator.compiler.plan import Destination, IPVSService, NodePlan, ServiceKey, plan_to_json
-from lvs_operator.compiler.plan import DirectorPlan
+from lvs_operator.compiler.plan import (
+    Destination,
+    DirectorPlan,
+    IPVSService,
+    NodePlan,
+    ServiceKey,
+    plan_to_json,
+)
 from lvs_operator.compiler.shards import (
     PlanSharder,
     ShardError,

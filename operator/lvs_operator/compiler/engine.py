@@ -78,6 +78,7 @@ class Compiler:
         self._dirty_vs: set[ObjectRef] = set()
         self._dirty_nodes: set[str] = set()
         self._changed_nodes: set[str] = set()
+        self._changed_refs: set[ObjectRef] = set()
 
     # ----------------------------------------------------------------- ClusterView protocol
 
@@ -152,7 +153,7 @@ class Compiler:
         elif ref.kind == "Service":
             if self._services.pop((ref.namespace, ref.name), None) is not None:
                 self._dirty_vs |= self._vs_by_service.get((ref.namespace, ref.name), set())
-        elif ref.kind == "EndpointSlice":
+        elif ref.kind in ("EndpointSlice", "Endpoints"):  # Endpoints: the legacy fallback
             key = self._slice_service.pop(ref, None)
             if key is not None:
                 self._slices[key].pop(ref.name, None)
@@ -227,6 +228,8 @@ class Compiler:
                 self._active.add(ref)
             else:
                 self._active.discard(ref)
+            if ref in changed or was_active != now_active:
+                self._changed_refs.add(ref)
             if current is not None and (ref in changed or was_active != now_active):
                 self._detach(current)
                 if now_active:
@@ -278,6 +281,13 @@ class Compiler:
         """Nodes whose plan may have changed since the last call (for publishing)."""
         self._flush()
         out, self._changed_nodes = self._changed_nodes, set()
+        return out
+
+    def take_changed_refs(self) -> set[ObjectRef]:
+        """VirtualServices whose compiled form or conflict outcome changed since the last call
+        (for status: each must be re-checked on the nodes it is programmed on)."""
+        self._flush()
+        out, self._changed_refs = self._changed_refs, set()
         return out
 
     def fragment(self, ref: ObjectRef) -> Fragment | None:

@@ -1,0 +1,73 @@
+"""The permissions each component needs, in one place: the cluster tier grants exactly these
+(and so proves they are enough), and the Helm chart renders the same rules.
+
+The agent reads plans and writes only its NodePlan's status; the operator never writes to
+Nodes, Services or EndpointSlices (it watches them) and owns the NodePlans.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .objects import API_GROUP
+
+__all__ = ["AGENT_RULES", "OPERATOR_RULES", "cluster_role", "cluster_role_binding"]
+
+_READ = ["get", "list", "watch"]
+
+AGENT_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [API_GROUP], "resources": ["nodeplans", "nodeplanshards"], "verbs": _READ},
+    {"apiGroups": [API_GROUP], "resources": ["nodeplans/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+
+OPERATOR_RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": [API_GROUP],
+        "resources": ["virtualservices", "realservers"],
+        "verbs": [*_READ, "patch", "update"],
+    },
+    {
+        "apiGroups": [API_GROUP],
+        "resources": [
+            "virtualservices/status",
+            "realservers/status",
+            "virtualservices/finalizers",
+            "realservers/finalizers",
+        ],
+        "verbs": ["get", "patch", "update"],
+    },
+    {
+        "apiGroups": [API_GROUP],
+        "resources": ["nodeplans", "nodeplanshards"],
+        "verbs": [*_READ, "create", "update", "patch", "delete"],
+    },
+    {"apiGroups": [API_GROUP], "resources": ["nodeplans/status"], "verbs": ["get"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": _READ},
+    {"apiGroups": [""], "resources": ["services", "endpoints", "nodes", "namespaces"],
+     "verbs": _READ},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+     "verbs": _READ},
+]
+
+
+def cluster_role(name: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": rules,
+    }
+
+
+def cluster_role_binding(name: str, role: str, subjects: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": subjects,
+    }
