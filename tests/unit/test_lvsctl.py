@@ -82,8 +82,9 @@ def test_console_scripts_are_installed():
     out = subprocess.run([str(bindir / "lvsctl"), "plan", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "--format {yaml,json,ipvsadm}" in out
-    done = subprocess.run([str(bindir / "lvs-operator")], capture_output=True, text=True)
-    assert done.returncode == 2 and "not built yet" in done.stderr
+    done = subprocess.run([str(bindir / "lvs-operator"), "--kubeconfig", "/nonexistent"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "cannot load the Kubernetes configuration" in done.stderr
     agent = subprocess.run([str(bindir / "lvs-agent"), "--help"], capture_output=True, text=True,
                            check=True).stdout
     assert "--plan PLAN" in agent and "--dry-run" in agent
