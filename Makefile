@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export LVS_CACHE ?= $(HOME)/.cache/lvs-operator
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv lint unit test demo bench-compile bench-kernel crds clean
+.PHONY: venv lint unit test demo plan bench-compile bench-kernel bench-e2e crds clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating the Python environment in $(VENV) (pip cache makes repeat runs fast)"
@@ -30,7 +30,13 @@ unit: $(STAMP)
 test: $(STAMP)
 	$(PY) tests/run_tiers.py
 
+# The whole project on this machine: API server + operator on the host, agents and real IPVS
+# in a qemu guest, every example applied, requests through a VIP (tests/harness/demo.py).
 demo: $(STAMP)
+	$(PY) -m tests.harness.demo
+
+# Offline: what the examples compile to, as `ipvsadm -S -n` per node.
+plan: $(STAMP)
 	$(PY) -m lvs_operator.cli.lvsctl plan -f examples/ --format ipvsadm
 
 bench-compile: $(STAMP)
@@ -41,6 +47,11 @@ bench-kernel: $(STAMP)
 	$(PY) bench/kernel_bench.py
 	$(PY) -m tests.harness.vm run --memory 2048 --timeout 3600 -- \
 		$(PY) bench/agent_pass_bench.py --sizes 100,1000,10000 | tee bench/results/agent_pass.txt
+
+# kubectl create -> Programmed for 1/100/1000 VirtualServices (API server + operator here,
+# agent and real IPVS in the guest), beside ipvsadm-restore of the same table.
+bench-e2e: $(STAMP)
+	$(PY) bench/e2e_bench.py
 
 # Regenerate crds/ from the typed model (operator/lvs_operator/api/types.py).
 crds: $(STAMP)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lvs_operator.api.objects import ObjectRef
-from lvs_operator.compiler.engine import compile_cluster
+from lvs_operator.compiler.engine import Compiler, compile_cluster
 from lvs_operator.compiler.fragment import Issue
 from lvs_operator.compiler.plan import (
     Destination,
@@ -15,6 +15,7 @@ from lvs_operator.compiler.plan import (
     ServiceKey,
     Sysctl,
     TunnelDevice,
+    plan_to_json,
 )
 from lvs_operator.compiler.render import ipvsadm_save
 
@@ -526,3 +527,24 @@ def test_plans_exist_for_every_agent_node_even_empty():
     result = compile_cluster(cluster())
     assert sorted(result.plans) == ["dir-1", "node-1", "node-2"]
     assert all(p == NodePlan(p.node) for p in result.plans.values())
+
+
+def test_winner_regaining_a_shared_mark_keeps_its_records():
+    """Regression (found by hypothesis): the older of three objects sharing firewall mark 1
+    is deleted and re-created; the loser it displaces again shares its service and mark-rule
+    keys, and detaching the loser after attaching the winner used to drop the winner's."""
+    fw = {"firewallMark": {"mark": 1, "ports": [{"port": 80}]}}
+    docs = [vs(f"vs-{i}", "192.0.2.10", ports=(), selector={"app": "a"}, **fw) for i in range(3)]
+    objs = cluster(*docs)
+    compiler = Compiler()
+    for obj in objs:
+        compiler.upsert(obj)
+    compiler.plans()
+    first = next(o for o in objs if getattr(o, "ref", None) and o.ref.name == "vs-0")
+    compiler.delete(first.ref)
+    compiler.plans()
+    compiler.upsert(first)
+    plan = compiler.plan("dir-1")
+    assert [s.key.fwmark for s in plan.director.services] == [1]
+    assert [m.mark for m in plan.director.mark_rules] == [1]
+    assert plan_to_json(plan) == plan_to_json(compile_cluster(objs).plans["dir-1"])

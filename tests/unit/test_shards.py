@@ -131,3 +131,15 @@ def test_assembling_refuses_a_shard_written_for_another_plan():
         assemble_plan(spec, missing)
     with pytest.raises(ValueError, match="formatVersion"):
         assemble_plan({**spec, "plan": {**spec["plan"], "formatVersion": 99}}, store)
+
+
+def test_sharder_never_publishes_an_unfilled_cut_and_spreads_similar_keys():
+    """Regression: tiny limits made the count oscillate and left a cut with no shards."""
+    sharder = PlanSharder(target_bytes=4096, limit_bytes=8192)
+    plan = big_director(40, 3)
+    store: dict[str, dict] = {}
+    spec = _publish(sharder, plan, store)
+    assert len(spec["shards"]) >= 1
+    assert plan_to_json(assemble_plan(spec, store)) == plan_to_json(plan)
+    _root, parts = split_plan(plan, 8)
+    assert sum(1 for p in parts if p.director.services) >= 6  # 40 keys over 8 slots

@@ -3,14 +3,19 @@
 Standalone mode (like keepalived with a config file): `lvs-agent --node NAME --plan FILE`
 applies that node's plan once; `--watch` keeps applying it, re-reading the file when it
 changes and repairing drift every `--interval` seconds; `--dry-run` prints the changes
-without making them. Cluster mode (watching the node's plan in the API) arrives with the
-operator.
+without making them.
+
+Cluster mode (no `--plan`): the agent follows the node's NodePlan in the API, applies each new
+generation as it is published, repairs drift every `--interval` seconds and reports on the
+NodePlan's status (agent/cluster.py). It reaches the API through `--kubeconfig`, else the
+pod's service account, else $KUBECONFIG or ~/.kube/config.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import time
@@ -23,6 +28,7 @@ import yaml
 
 from ..compiler.plan import NodePlan, plan_from_dict
 from .cache import CachingKernel
+from .cluster import ClusterAgent, PlanSourceError, kubernetes_plan_source
 from .reconcile import InSync, Kernel, ReconcileReport, reconcile
 from .state import AgentState, load_state, save_state
 
@@ -114,20 +120,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--node", required=True, help="this node's name, as in the plan")
     p.add_argument(
         "--plan",
-        required=True,
         type=Path,
-        help="plan file from `lvsctl plan --format json` (or yaml)",
+        help="standalone mode: plan file from `lvsctl plan --format json` (or yaml); without "
+        "it the agent runs in cluster mode and follows this node's NodePlan in the API",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="cluster mode: kubeconfig for the API (default: the pod's service account when "
+        "KUBERNETES_SERVICE_HOST is set, else $KUBECONFIG or ~/.kube/config)",
     )
     p.add_argument(
         "--watch",
         action="store_true",
-        help="keep running: re-apply when the file changes and every --interval",
+        help="with --plan, keep running: re-apply when the file changes and every --interval "
+        "(cluster mode always keeps running)",
     )
     p.add_argument(
         "--interval",
         type=float,
         default=10.0,
-        help="seconds between drift-repair passes with --watch (default 10)",
+        help="seconds between drift-repair passes with --watch or in cluster mode (default 10)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the changes, change nothing")
     p.add_argument(
@@ -148,8 +161,62 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cluster_main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="lvs-agent: %(message)s", stream=sys.stderr)
+    # The agent logs each change of the API's health once; urllib3 would log every retry.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    state_path = args.state_dir / f"{args.node}.json"
+    try:
+        state = load_state(state_path)
+    except ValueError as exc:
+        print(f"lvs-agent: {state_path}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        source = kubernetes_plan_source(args.kubeconfig)
+    except PlanSourceError as exc:
+        print(
+            f"lvs-agent: {exc}\nlvs-agent: give --kubeconfig PATH (cluster mode) or --plan FILE "
+            "(standalone mode)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    def persist(s: AgentState) -> None:
+        save_state(state_path, s)
+
+    def report(r: ReconcileReport) -> None:
+        _print_report(r, args.dry_run, args.json)
+        sys.stdout.flush()
+
+    agent = ClusterAgent(
+        args.node,
+        source,
+        real_kernel(args.netns, args.iptables),
+        state,
+        interval=args.interval,
+        dry_run=args.dry_run,
+        persist=persist,
+        on_report=report,
+    )
+
+    def stop(_sig: int, _frame: FrameType | None) -> None:
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    agent.run()
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.interval <= 0:
+        parser.error("--interval must be positive")
+    if args.plan is None:
+        return _cluster_main(args)
+    if args.kubeconfig is not None:
+        parser.error("--kubeconfig is for cluster mode; standalone mode (--plan) reads no API")
     state_path = args.state_dir / f"{args.node}.json"
     try:
         plan = load_plan(args.plan, args.node)

@@ -216,7 +216,11 @@ class Compiler:
         contenders = set(changed)
         for key in touched_keys:
             contenders |= self._claims.get(key, set())
-        for ref in contenders:
+        # Detach every loser before attaching any winner: a winner and the loser it replaces
+        # share identity keys (same fwmark service, same mark rule), so a detach after the
+        # attach would remove the winner's records.
+        to_attach: list[Fragment] = []
+        for ref in sorted(contenders):
             current = self._fragments.get(ref)
             was_active = ref in self._active
             now_active = (
@@ -230,10 +234,12 @@ class Compiler:
                 self._active.discard(ref)
             if ref in changed or was_active != now_active:
                 self._changed_refs.add(ref)
-            if current is not None and (ref in changed or was_active != now_active):
-                self._detach(current)
-                if now_active:
-                    self._attach(current)
+                if current is not None:
+                    self._detach(current)
+                    if now_active:
+                        to_attach.append(current)
+        for frag in to_attach:
+            self._attach(frag)
         for node in self._dirty_nodes:
             self._changed_nodes.add(node)
         self._dirty_nodes = set()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,8 +62,12 @@ def shard_name(node: str, index: int) -> str:
 
 
 def _slot(key: object, count: int) -> int:
-    # crc32 of the key's text: stable across processes (hash() is salted per process).
-    return zlib.crc32(repr(key).encode()) % count if count > 1 else 0
+    # A real hash of the key's text: stable across processes (hash() is salted per process),
+    # and it spreads near-identical keys (192.0.2.1, 192.0.2.2, ...) evenly, which crc32 did not.
+    if count <= 1:
+        return 0
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
 
 
 def split_plan(plan: NodePlan, count: int) -> tuple[NodePlan, list[NodePlan]]:
@@ -230,16 +233,22 @@ class PlanSharder:
         if cut is None:
             cut = self._cuts[node] = _NodeCut(1)
         published_count = cut.count
-        changed: dict[str, dict[str, Any]] = {}
-        for _ in range(MAX_SHARDS.bit_length() + 1):  # each round re-cuts at most once
-            root, parts = split_plan(plan, cut.count)
-            changed.update(self._serialise_changed(node, cut, parts))
+        root, parts = split_plan(plan, cut.count)
+        changed = self._serialise_changed(node, cut, parts)
+        grown = False
+        # Re-cut until the sizes fit; once grown, never shrink in the same update (no
+        # oscillation), and stop at a cut that is filled: it is always the one published.
+        for _ in range(MAX_SHARDS.bit_length()):
             wanted = self._wanted_count(cut, parts)
-            if wanted == cut.count:
+            if wanted == cut.count or (grown and wanted < cut.count):
                 break
+            grown = grown or wanted > cut.count
             cut = self._cuts[node] = _NodeCut(wanted)
-            changed.clear()
+            root, parts = split_plan(plan, cut.count)
+            changed = self._serialise_changed(node, cut, parts)
         refs = [r for r in cut.refs if r is not None]
+        if len(refs) != cut.count:  # would publish a plan missing records: never
+            raise AssertionError(f"shard cut of node {node} is incomplete")
         spec = _root_spec(node, root, refs)
         obsolete = tuple(shard_name(node, i) for i in range(cut.count, published_count))
         if spec == cut.root_spec and not changed and not obsolete:

@@ -37,6 +37,10 @@ SERVICE_CLUSTER_IP_RANGE = "198.18.0.0/24"  # benchmarking range, never routed a
 KUBERNETES_SERVICE_IP = "198.18.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMIN_USER = "lvs-test-admin"
+# Where the qemu guest of tests/harness/vm reaches forwarded host ports (its guestfwd address).
+# The serving certificate names it too, so kubeconfigs with server https://10.0.2.100:PORT
+# verify TLS inside the guest; it is a name in a certificate, nothing listens on it.
+GUEST_FORWARD_ADDRESS = "10.0.2.100"
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
@@ -146,8 +150,16 @@ class LocalControlPlane:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, IO[bytes]] = {}
         self._running = False
+        self._apiserver_args: list[str] = []
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def port(self) -> int:
+        """The API server's port on 127.0.0.1 (what a VM forward points at)."""
+        if not self.server:
+            raise RuntimeError("start() first")
+        return int(self.server.rsplit(":", 1)[1])
 
     @property
     def ca_file(self) -> Path:
@@ -223,28 +235,42 @@ class LocalControlPlane:
         self.stop()
 
     def mint_kubeconfig(
-        self, user: str, groups: Sequence[str] = (), *, path: Path | None = None
+        self,
+        user: str,
+        groups: Sequence[str] = (),
+        *,
+        path: Path | None = None,
+        server: str | None = None,
     ) -> Path:
         """Write a kubeconfig for user in groups (x509 client cert; no RBAC grants of its own).
 
         Why: later tiers run the operator and agents under RBAC-limited identities, exactly as
-        the chart's roles would grant them, instead of as cluster-admin.
+        the chart's roles would grant them, instead of as cluster-admin. ``server`` replaces
+        the loopback URL, e.g. ``https://10.0.2.100:6443`` for a client inside the VM (the
+        serving certificate is valid for that address).
         """
         assert self._ca is not None, "start() first"
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", user) + "-" + os.urandom(3).hex()
         cert, key = self._ca.issue(f"user-{safe}", user, groups)
         target = path or self.workdir / "kubeconfigs" / f"{safe}.kubeconfig"
-        self._write_kubeconfig(target, user, cert, key)
+        self._write_kubeconfig(target, user, cert, key, server=server)
         return target
 
     def service_account_kubeconfig(
-        self, namespace: str, name: str, *, duration: str = "24h", path: Path | None = None
+        self,
+        namespace: str,
+        name: str,
+        *,
+        duration: str = "24h",
+        path: Path | None = None,
+        server: str | None = None,
     ) -> Path:
         """Create ServiceAccount namespace/name if needed and write a kubeconfig with its token.
 
         Why: the chart binds its RBAC to ServiceAccounts, so running the operator and agents
         as exactly those identities tests the chart's roles as a real cluster would. Tokens come
         from the TokenRequest API, signed with this control plane's service-account key.
+        ``server``: as for mint_kubeconfig.
         """
         manifest = yaml.safe_dump({
             "apiVersion": "v1", "kind": "ServiceAccount",
@@ -258,7 +284,8 @@ class LocalControlPlane:
         user = f"system:serviceaccount:{namespace}:{name}"
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"sa-{namespace}-{name}")
         target = path or self.workdir / "kubeconfigs" / f"{safe}.kubeconfig"
-        self._write_kubeconfig(target, user, token=token, namespace=namespace)
+        self._write_kubeconfig(target, user, token=token, namespace=namespace,
+                               server=server)
         return target
 
     def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
@@ -285,6 +312,27 @@ class LocalControlPlane:
         if check and proc.returncode != 0:
             raise KubectlError(proc.returncode, proc.args, proc.stdout, proc.stderr)
         return proc
+
+    def restart_apiserver(self) -> float:
+        """Stop kube-apiserver and start it again on the same port with the same etcd data
+        (clients see connections drop and watches end); returns the seconds until ready.
+
+        Why: the operator and agents must ride out an API server restart."""
+        proc = self._procs.get("kube-apiserver")
+        assert proc is not None and self._apiserver_args, "start() first"
+        t0 = time.monotonic()
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        old_log = self._logs.pop("kube-apiserver", None)
+        if old_log is not None:
+            old_log.close()
+        apiserver = self._spawn("kube-apiserver", self._apiserver_args)
+        self._wait("kube-apiserver", apiserver, self._apiserver_ready, self.ready_timeout)
+        return time.monotonic() - t0
 
     def dead_process(self) -> str | None:
         """Name of a server process that has exited while it should be running, if any."""
@@ -315,7 +363,8 @@ class LocalControlPlane:
         self._serving = self._ca.issue(
             "kube-apiserver", "kube-apiserver",
             server_names=[
-                LOOPBACK, "localhost", KUBERNETES_SERVICE_IP, "kubernetes", "kubernetes.default",
+                LOOPBACK, "localhost", GUEST_FORWARD_ADDRESS, KUBERNETES_SERVICE_IP,
+                "kubernetes", "kubernetes.default",
                 "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
             ],
         )
@@ -387,6 +436,7 @@ class LocalControlPlane:
             "--profiling=false",
             *self.extra_apiserver_args,
         ]
+        self._apiserver_args = apiserver_args
         apiserver = self._spawn("kube-apiserver", apiserver_args)
         self._write_kubeconfig(self.workdir / "admin.kubeconfig", ADMIN_USER, *self._admin)
         self.kubeconfig = self.workdir / "admin.kubeconfig"
@@ -464,6 +514,7 @@ class LocalControlPlane:
         *,
         token: str | None = None,
         namespace: str = "default",
+        server: str | None = None,
     ) -> None:
         def b64(p: Path) -> str:
             return base64.b64encode(p.read_bytes()).decode()
@@ -478,7 +529,7 @@ class LocalControlPlane:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "lvs-local", "cluster": {
-                "server": self.server,
+                "server": server or self.server,
                 "certificate-authority-data": b64(self.ca_file),
             }}],
             "users": [{"name": user, "user": credentials}],

@@ -176,7 +176,11 @@ def qemu_argv(image: VmImage, ctl: Path, outdir: Path, *, memory_mb: int, cpus: 
     if forwards:
         busybox = static_busybox()
         # The cmd: form relays every connection; `tcp:127.0.0.1:PORT` carries only the first.
-        fwd = [f"guestfwd=tcp:{FORWARD_ADDR}:{g}-cmd:{busybox} nc 127.0.0.1 {h}"
+        # slirp gives the command the connection as stdin, stdout AND stderr: nc's "can't
+        # connect" (host port down) would reach the guest's client as bytes of the stream
+        # (a TLS client then reports WRONG_VERSION_NUMBER), so stderr goes to /dev/null.
+        fwd = [f"guestfwd=tcp:{FORWARD_ADDR}:{g}-cmd:{busybox} sh -c "
+               f"'exec {busybox} nc 127.0.0.1 {h} 2>/dev/null'"
                for g, h in forwards]
         argv += ["-nic", ",".join(["user", "model=virtio-net-pci", "restrict=on", *fwd])]
     else:

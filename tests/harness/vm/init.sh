@@ -50,6 +50,7 @@ mount -t 9p -o "$o" lvsout $V/out || die "cannot mount the output share"
 nonce=$(cat $V/ctl/nonce)
 
 mount -t devtmpfs devtmpfs $R/dev
+mkdir -p $R/dev/pts $R/dev/shm
 mount -t proc proc $R/proc
 mount -t sysfs sysfs $R/sys
 mount -t devpts -o ptmxmode=0666,mode=620 devpts $R/dev/pts

@@ -1,0 +1,978 @@
+"""`lvs-agent` in cluster mode: follow this node's NodePlan in the API and keep the kernel so.
+
+The operator publishes each node's plan as a `NodePlan` (named after the node) plus
+`NodePlanShard`s (compiler/shards.py). The agent watches its NodePlan; on a new generation it
+fetches only the shards whose digest it has not seen, assembles the plan, reconciles it (the
+same passes as standalone `--watch`: a plan change diffs against the cached kernel view, the
+`--interval` timer reads the kernel itself, repairs drift and decides drains) and writes what
+it did to the NodePlan's status: `observedGeneration`, `Programmed`/`Degraded` conditions,
+counts, failures and warnings, and a `lastSyncTime` heartbeat.
+
+Fail static: when the API server is unreachable or answers with errors the kernel stays
+exactly as last applied, the timer keeps repairing drift against the last good plan, and the
+API is retried with bounded exponential backoff; each change of the API's health is logged
+once. A NodePlan that does not exist (never published, or deleted) changes nothing either:
+the operator publishes an empty plan to clean a node, it never deletes the NodePlan of a node
+that runs an agent.
+
+The API is reached through one narrow seam, `PlanSource`, with a real implementation over the
+kubernetes client (`KubernetesPlanSource`) and an in-memory one (`FakePlanSource`) for tests.
+Client exceptions become `PlanSourceError` at that boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import math
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..api.objects import API_GROUP
+from ..compiler.plan import PLAN_FORMAT_VERSION, NodePlan, plan_from_dict
+from ..compiler.shards import PublishedPlan, ShardError, merge_plans
+from .cache import CachingKernel
+from .reconcile import InSync, Kernel, ReconcileReport, reconcile
+from .state import AgentState
+
+__all__ = [
+    "Backoff",
+    "ClusterAgent",
+    "EventType",
+    "FakePlanSource",
+    "KubernetesPlanSource",
+    "PlanEvent",
+    "PlanGone",
+    "PlanSnapshot",
+    "PlanSource",
+    "PlanSourceError",
+    "PublishedNodePlan",
+    "Reason",
+    "WatchExpired",
+    "agent_identity",
+    "kubernetes_plan_source",
+]
+
+log = logging.getLogger("lvs_operator.agent")
+
+VERSION = "v1alpha1"
+NODEPLANS = "nodeplans"
+NODEPLANSHARDS = "nodeplanshards"
+MAX_ENTRIES = 50  # failures / warnings in the status (the CRD's maxItems)
+MAX_TEXT = 512  # characters of one failure or warning
+MAX_MESSAGE = 1024  # characters of a condition message
+REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read (seconds) of every non-watch request
+
+
+# --------------------------------------------------------------------------- the seam
+
+
+class PlanSourceError(Exception):
+    """The API could not be asked: unreachable, timed out, or it answered with an error."""
+
+
+class WatchExpired(PlanSourceError):
+    """410 Gone: the watch's resourceVersion is too old; list again."""
+
+
+class PlanGone(PlanSourceError):
+    """The NodePlan does not exist (a status write found nothing to write to)."""
+
+
+@dataclass(frozen=True)
+class PublishedNodePlan:
+    """One NodePlan object as the API returned it."""
+
+    name: str
+    uid: str
+    generation: int
+    resource_version: str
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> PublishedNodePlan:
+        meta = obj.get("metadata") or {}
+        return cls(
+            name=str(meta.get("name", "")),
+            uid=str(meta.get("uid", "")),
+            generation=int(meta.get("generation") or 0),
+            resource_version=str(meta.get("resourceVersion", "")),
+            spec=dict(obj.get("spec") or {}),
+            status=dict(obj.get("status") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class PlanSnapshot:
+    """A list of the node's NodePlan: the object (None: there is none) and where to watch from."""
+
+    plan: PublishedNodePlan | None
+    resource_version: str
+
+
+class EventType(enum.StrEnum):
+    ADDED = "ADDED"
+    MODIFIED = "MODIFIED"
+    DELETED = "DELETED"
+    BOOKMARK = "BOOKMARK"
+
+
+@dataclass(frozen=True)
+class PlanEvent:
+    type: EventType
+    resource_version: str
+    plan: PublishedNodePlan | None = None  # None for bookmarks
+
+
+class PlanSource(Protocol):
+    """What the agent needs from the API, and nothing more. Every method raises
+    PlanSourceError (or a subclass) when the API cannot answer."""
+
+    def get_plan(self, node: str) -> PlanSnapshot:
+        """List the NodePlan named `node` (field selector): the object or None, and the list's
+        resourceVersion to watch from."""
+        ...
+
+    def watch_plan(self, node: str, resource_version: str, timeout: float) -> Iterator[PlanEvent]:
+        """Changes of the NodePlan named `node` after `resource_version`, for at most about
+        `timeout` seconds. Raises WatchExpired when that version is too old."""
+        ...
+
+    def get_shard(self, name: str) -> Mapping[str, Any] | None:
+        """The spec of NodePlanShard `name`, or None when there is no such shard."""
+        ...
+
+    def patch_status(self, node: str, status: Mapping[str, Any]) -> None:
+        """Merge `status` into the NodePlan's status subresource. Raises PlanGone when there is
+        no NodePlan named `node`."""
+        ...
+
+
+# --------------------------------------------------------------------------- kubernetes client
+
+
+def _api_message(body: str | None) -> str:
+    try:
+        data = json.loads(body or "")
+    except ValueError:
+        return (body or "").strip()[:200]
+    return str(data.get("message", "")) if isinstance(data, dict) else ""
+
+
+class KubernetesPlanSource:
+    """PlanSource over the kubernetes client (CustomObjectsApi). Imports the client lazily,
+    so standalone mode never pays for it."""
+
+    def __init__(self, api_client: Any) -> None:
+        import urllib3
+        from kubernetes import client
+
+        self._api = client.CustomObjectsApi(api_client)
+        self._api_exception: type[Exception] = client.ApiException
+        self._transport_errors: tuple[type[Exception], ...] = (
+            urllib3.exceptions.HTTPError,
+            OSError,
+        )
+        self._stream_errors: tuple[type[Exception], ...] = (*self._transport_errors, ValueError)
+
+    def _error(self, doing: str, exc: Exception) -> PlanSourceError:
+        if isinstance(exc, self._api_exception):
+            status = getattr(exc, "status", None)
+            detail = _api_message(getattr(exc, "body", None)) or str(getattr(exc, "reason", ""))
+            text = f"{doing}: HTTP {status}: {detail}"
+            if status == 410:
+                return WatchExpired(text)
+            if status == 404:
+                return PlanGone(text)
+            return PlanSourceError(text)
+        return PlanSourceError(f"{doing}: {type(exc).__name__}: {exc}")
+
+    def _call(self, doing: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (self._api_exception, *self._transport_errors) as exc:
+            raise self._error(doing, exc) from exc
+
+    def get_plan(self, node: str) -> PlanSnapshot:
+        data = self._call(
+            f"listing NodePlan {node}",
+            self._api.list_cluster_custom_object,
+            API_GROUP,
+            VERSION,
+            NODEPLANS,
+            field_selector=f"metadata.name={node}",
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+        items = [i for i in (data.get("items") or []) if i.get("metadata", {}).get("name") == node]
+        rv = str((data.get("metadata") or {}).get("resourceVersion", ""))
+        return PlanSnapshot(PublishedNodePlan.from_object(items[0]) if items else None, rv)
+
+    def watch_plan(self, node: str, resource_version: str, timeout: float) -> Iterator[PlanEvent]:
+        seconds = max(1, math.ceil(timeout))
+        resp = self._call(
+            f"watching NodePlan {node}",
+            self._api.list_cluster_custom_object,
+            API_GROUP,
+            VERSION,
+            NODEPLANS,
+            field_selector=f"metadata.name={node}",
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=seconds,
+            watch=True,
+            _preload_content=False,
+            # the server ends the watch after `seconds`; the read timeout only catches a
+            # server that went silent without closing the connection
+            _request_timeout=(REQUEST_TIMEOUT[0], seconds + 15.0),
+        )
+        return self._events(node, resp)
+
+    def _events(self, node: str, resp: Any) -> Iterator[PlanEvent]:
+        try:
+            for line in _lines(resp):
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    text = f"watching NodePlan {node}: HTTP {obj.get('code')}: {obj.get('message')}"
+                    raise (WatchExpired if obj.get("code") == 410 else PlanSourceError)(text)
+                rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+                if kind == "BOOKMARK":
+                    yield PlanEvent(EventType.BOOKMARK, rv)
+                elif kind in ("ADDED", "MODIFIED", "DELETED"):
+                    yield PlanEvent(EventType(kind), rv, PublishedNodePlan.from_object(obj))
+        except self._stream_errors as exc:
+            raise self._error(f"watching NodePlan {node}", exc) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                resp.close()
+                resp.release_conn()
+
+    def get_shard(self, name: str) -> Mapping[str, Any] | None:
+        try:
+            obj = self._call(
+                f"reading NodePlanShard {name}",
+                self._api.get_cluster_custom_object,
+                API_GROUP,
+                VERSION,
+                NODEPLANSHARDS,
+                name,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except PlanGone:
+            return None
+        spec: Mapping[str, Any] = obj.get("spec") or {}
+        return spec
+
+    def patch_status(self, node: str, status: Mapping[str, Any]) -> None:
+        self._call(
+            f"writing the status of NodePlan {node}",
+            self._api.patch_cluster_custom_object_status,
+            API_GROUP,
+            VERSION,
+            NODEPLANS,
+            node,
+            {"status": dict(status)},
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+
+
+def _lines(resp: Any) -> Iterator[str]:
+    """The lines of a streamed (chunked) HTTP response: one watch event per line."""
+    buffer = b""
+    for chunk in resp.stream(amt=None, decode_content=False):
+        buffer += chunk if isinstance(chunk, bytes) else str(chunk).encode()
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", errors="replace")
+    if buffer:
+        yield buffer.decode("utf-8", errors="replace")
+
+
+def kubernetes_plan_source(kubeconfig: Path | None = None) -> KubernetesPlanSource:
+    """A PlanSource for the cluster named by `kubeconfig`; without one, the pod's service
+    account when KUBERNETES_SERVICE_HOST is set, else $KUBECONFIG or ~/.kube/config.
+    Raises PlanSourceError when none of these describes a cluster."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    try:
+        if kubeconfig is not None:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=str(kubeconfig), client_configuration=cfg
+            )
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    except (config.ConfigException, OSError, ValueError, TypeError) as exc:
+        where = str(kubeconfig) if kubeconfig else "in-cluster config, $KUBECONFIG, ~/.kube/config"
+        raise PlanSourceError(f"no Kubernetes API to read plans from ({where}): {exc}") from exc
+    # One transparent retry (a pooled connection the server closed); beyond that the agent's
+    # own backoff decides when to ask again.
+    cfg.retries = 1
+    return KubernetesPlanSource(client.ApiClient(cfg))
+
+
+# --------------------------------------------------------------------------- in-memory fake
+
+
+class FakePlanSource:
+    """An in-memory API server for NodePlans and NodePlanShards, for tests.
+
+    `publish()` writes what a PlanSharder says to write the way the operator does (shards
+    first, then the NodePlan; a NodePlan's generation grows when its spec changes). `down`
+    makes every PlanSource call fail like an unreachable server; `compact()` makes older watch
+    positions expire (410). Every PlanSource call is recorded in `calls` as (method, name).
+    A watch with nothing to report waits by calling `sleep(timeout)` (pass a fake clock's)."""
+
+    def __init__(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}  # NodePlans by name
+        self.shards: dict[str, dict[str, Any]] = {}  # NodePlanShard specs by name
+        self.down = False
+        self.calls: list[tuple[str, str]] = []
+        self.sleep = sleep
+        self._rv = 0
+        self._uids = 0
+        self._compacted = 0
+        self._events: list[tuple[int, str, PlanEvent]] = []
+
+    # ---- the operator's side (never fails)
+
+    def publish(self, published: PublishedPlan) -> None:
+        for name, spec in published.shards.items():
+            self.put_shard(name, spec)
+        if published.spec is not None:
+            self.put_plan(published.node, published.spec)
+        for name in published.obsolete:
+            self.shards.pop(name, None)
+
+    def put_shard(self, name: str, spec: Mapping[str, Any]) -> None:
+        self.shards[name] = json.loads(json.dumps(spec))
+
+    def put_plan(self, node: str, spec: Mapping[str, Any]) -> int:
+        """Create or update NodePlan `node`; returns its generation."""
+        spec = json.loads(json.dumps(spec))
+        obj = self.objects.get(node)
+        if obj is None:
+            self._uids += 1
+            obj = {"metadata": {"name": node, "uid": f"uid-{self._uids}", "generation": 1},
+                   "spec": spec, "status": {}}
+            self.objects[node] = obj
+            self._record(node, EventType.ADDED)
+        elif obj["spec"] != spec:
+            obj["spec"] = spec
+            obj["metadata"]["generation"] += 1
+            self._record(node, EventType.MODIFIED)
+        generation: int = obj["metadata"]["generation"]
+        return generation
+
+    def delete_plan(self, node: str) -> None:
+        if node in self.objects:
+            self._record(node, EventType.DELETED)
+            del self.objects[node]
+
+    def touch(self, node: str) -> None:
+        """A change that is not to the spec (a label, an annotation): same generation."""
+        self._record(node, EventType.MODIFIED)
+
+    def status(self, node: str) -> dict[str, Any]:
+        status: dict[str, Any] = self.objects[node]["status"]
+        return status
+
+    def compact(self) -> None:
+        self._compacted = self._rv
+
+    def _record(self, node: str, kind: EventType) -> None:
+        self._rv += 1
+        obj = self.objects[node]
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        plan = PublishedNodePlan.from_object(json.loads(json.dumps(obj)))
+        self._events.append((self._rv, node, PlanEvent(kind, str(self._rv), plan)))
+
+    def _check(self, method: str, name: str) -> None:
+        self.calls.append((method, name))
+        if self.down:
+            raise PlanSourceError(f"{method} {name}: connection refused (fake API server down)")
+
+    # ---- PlanSource
+
+    def get_plan(self, node: str) -> PlanSnapshot:
+        self._check("get_plan", node)
+        obj = self.objects.get(node)
+        plan = PublishedNodePlan.from_object(json.loads(json.dumps(obj))) if obj else None
+        return PlanSnapshot(plan, str(self._rv))
+
+    def watch_plan(self, node: str, resource_version: str, timeout: float) -> Iterator[PlanEvent]:
+        self._check("watch_plan", node)
+        since = int(resource_version or 0)
+        if since < self._compacted:
+            raise WatchExpired(f"watching NodePlan {node}: too old resource version {since}")
+        events = [e for rv, n, e in self._events if rv > since and n == node]
+        if not events:
+            self.sleep(timeout)
+        return iter(events)
+
+    def get_shard(self, name: str) -> Mapping[str, Any] | None:
+        self._check("get_shard", name)
+        spec = self.shards.get(name)
+        return json.loads(json.dumps(spec)) if spec is not None else None
+
+    def patch_status(self, node: str, status: Mapping[str, Any]) -> None:
+        self._check("patch_status", node)
+        if node not in self.objects:
+            raise PlanGone(f"writing the status of NodePlan {node}: not found")
+        self.objects[node]["status"].update(json.loads(json.dumps(dict(status))))
+        self._record(node, EventType.MODIFIED)
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+class Reason(enum.StrEnum):
+    """Condition reasons: short camelCase words, as Kubernetes conditions have them."""
+
+    APPLIED = "Applied"
+    APPLY_FAILED = "ApplyFailed"
+    WAITING_FOR_SHARDS = "WaitingForShards"
+    UNSUPPORTED_PLAN = "UnsupportedPlan"
+    WARNINGS = "Warnings"
+    AS_EXPECTED = "AsExpected"
+
+
+class Backoff:
+    """Bounded exponential backoff: first, 2*first, ... up to cap; jitter shortens each delay
+    by up to that fraction, so a thousand agents do not return to the API in one beat."""
+
+    def __init__(
+        self,
+        first: float = 0.5,
+        cap: float = 30.0,
+        jitter: float = 0.2,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.first, self.cap, self.jitter = first, cap, jitter
+        self._rand = rand
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.cap, self._next * 2)
+        return delay * (1.0 - self.jitter * self._rand())
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+class _Interrupted(BaseException):
+    """Raised by stop() into a blocking wait (from a signal handler); never into a pass."""
+
+
+def _rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _bounded(items: list[str]) -> list[str]:
+    """At most MAX_ENTRIES entries of at most MAX_TEXT characters; the last says how many
+    more there were."""
+    if len(items) <= MAX_ENTRIES:
+        return [_clip(i, MAX_TEXT) for i in items]
+    kept = [_clip(i, MAX_TEXT) for i in items[: MAX_ENTRIES - 1]]
+    return [*kept, f"... and {len(items) - len(kept)} more"]
+
+
+def agent_identity() -> str:
+    """`lvs-agent <version> on <hostname>`, for the status' `agent` field."""
+    try:
+        version = metadata.version("lvs-operator")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"lvs-agent {version} on {socket.gethostname()}"
+
+
+class ClusterAgent:
+    """The cluster-mode loop for one node. Single-threaded and level-triggered: `step()` does
+    what is due (list, apply a new generation, the timer's full pass, a status write) and
+    then waits for a watch event or the next deadline; `run()` steps until `stop()`.
+
+    Time comes from `clock` (monotonic, for deadlines), `wall` (timestamps in the status) and
+    `sleep`, so tests drive the loop without waiting."""
+
+    def __init__(
+        self,
+        node: str,
+        source: PlanSource,
+        kernel: Kernel,
+        state: AgentState,
+        *,
+        interval: float = 10.0,
+        dry_run: bool = False,
+        persist: Callable[[AgentState], None] | None = None,
+        on_report: Callable[[ReconcileReport], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        backoff: Callable[[], Backoff] = Backoff,
+        identity: str | None = None,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        self.node = node
+        self.interval = interval
+        self.dry_run = dry_run
+        self.identity = identity if identity is not None else agent_identity()
+        self._source = source
+        self._state = state
+        self._persist = persist
+        self._on_report = on_report
+        self._clock, self._wall, self._sleep_fn = clock, wall, sleep
+        self._caching = CachingKernel(kernel)
+        self._in_sync: InSync = {}
+
+        self.plan: NodePlan | None = None  # the last good plan: what the kernel is kept at
+        self.applied_generation: int | None = None
+        self._applied_key: tuple[str, int] | None = None  # (uid, generation)
+        self._report: ReconcileReport | None = None
+        self._next_full: float | None = None  # None: no pass yet
+        self._synced_at: float | None = None  # wall time of the last pass
+
+        self._latest: PublishedNodePlan | None = None  # the newest NodePlan seen
+        self._pending = False  # _latest is a generation not applied (nor refused) yet
+        self._retry_at = 0.0
+        self._problem: tuple[Reason, str, int] | None = None
+        self._parts: dict[tuple[str, str], NodePlan] = {}  # parsed shards by (name, digest)
+        self._rv: str | None = None  # None: list before watching
+        self._absent_logged = False
+        self._waiting_logged: int | None = None
+
+        self._api_backoff = backoff()
+        self._api_down = False
+        self._api_retry_at = 0.0
+        self._shard_backoff = backoff()
+        self._status_backoff = backoff()
+        self._status_down = False
+        self._status_retry_at = 0.0
+        self._conditions: dict[str, dict[str, Any]] = {}
+        self._seeded = False
+        self._published: dict[str, Any] | None = None
+        self._patched_at: float | None = None
+        self._patched_sync: float | None = None
+
+        self._stopping = False
+        self._blocking = False
+
+    # ---- control
+
+    def stop(self) -> None:
+        """End the loop (safe to call from a signal handler): the pass in progress finishes,
+        a blocking wait is cut short, and the kernel is left as it is."""
+        self._stopping = True
+        if self._blocking:
+            self._blocking = False
+            raise _Interrupted()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def run(self) -> None:
+        try:
+            while not self._stopping:
+                self.step()
+        except _Interrupted:
+            pass
+        log.info("stopping; the kernel is left as it is")
+
+    def step(self) -> None:
+        if self._rv is None and self._clock() >= self._api_retry_at:
+            self._list()
+        if self._pending and self._clock() >= self._retry_at:
+            self._apply_latest()
+        if self._next_full is not None and self._clock() >= self._next_full:
+            self._pass(full=True)
+        self._publish_status()
+        if not self._stopping:
+            self._wait()
+
+    # ---- reading the API
+
+    def _list(self) -> None:
+        try:
+            snapshot = self._source.get_plan(self.node)
+        except PlanSourceError as exc:
+            self._api_failed("listing the NodePlan", exc)
+            return
+        self._api_ok()
+        self._rv = snapshot.resource_version
+        self._observe(snapshot.plan)
+
+    def _observe(self, published: PublishedNodePlan | None) -> None:
+        if published is None:
+            if not self._absent_logged:
+                kept = "; the kernel is kept as last applied" if self.plan is not None else ""
+                log.info("waiting for the operator to publish a plan for node %s%s", self.node,
+                         kept)
+                self._absent_logged = True
+            self._latest, self._pending = None, False
+            self._published = None  # a NodePlan created anew gets the whole status again
+            return
+        self._absent_logged = False
+        if not self._seeded:  # keep the transition times a previous run wrote
+            for cond in published.status.get("conditions") or []:
+                if isinstance(cond, dict) and "type" in cond:
+                    self._conditions[str(cond["type"])] = dict(cond)
+            self._seeded = True
+        before = self._latest
+        if before is not None and before.uid != published.uid:
+            self._published = None  # another object (deleted and created again)
+        self._latest = published
+        key = (published.uid, published.generation)
+        if (before is None or (before.uid, before.generation) != key) and key != self._applied_key:
+            self._pending = True
+            self._retry_at = self._clock()
+            self._shard_backoff.reset()
+
+    def _on_event(self, event: PlanEvent) -> None:
+        if event.resource_version:
+            self._rv = event.resource_version
+        if event.type is EventType.BOOKMARK:
+            return
+        self._observe(None if event.type is EventType.DELETED else event.plan)
+        if self._pending:  # a new generation: apply it now, not at the next deadline
+            self._apply_latest()
+            self._publish_status()
+
+    def _api_failed(self, doing: str, exc: PlanSourceError) -> None:
+        self._api_retry_at = self._clock() + self._api_backoff.next()
+        if not self._api_down:
+            self._api_down = True
+            kept = (
+                f"generation {self.applied_generation}, repairing drift against it"
+                if self.plan is not None
+                else "nothing applied yet"
+            )
+            log.warning(
+                "the API server failed while %s (%s); keeping the kernel as last applied (%s) "
+                "and retrying with backoff up to %.0fs",
+                doing, exc, kept, self._api_backoff.cap,
+            )
+
+    def _api_ok(self) -> None:
+        if self._api_down:
+            log.info("the API server answers again")
+        self._api_down = False
+        self._api_backoff.reset()
+
+    # ---- applying a new generation
+
+    def _apply_latest(self) -> None:
+        latest = self._latest
+        if latest is None:
+            self._pending = False
+            return
+        try:
+            plan = self._assemble(latest)
+        except ShardError as exc:
+            self._retry_at = self._clock() + self._shard_backoff.next()
+            kept = (
+                f"; generation {self.applied_generation} stays applied"
+                if self.plan is not None else ""
+            )
+            self._problem = (Reason.WAITING_FOR_SHARDS, f"{exc}{kept}", latest.generation)
+            if self._waiting_logged != latest.generation:
+                log.info("generation %d: %s; waiting for the operator to finish writing it",
+                         latest.generation, exc)
+                self._waiting_logged = latest.generation
+            return
+        except PlanSourceError as exc:
+            self._api_failed("reading NodePlanShards", exc)
+            self._retry_at = self._api_retry_at
+            return
+        except ValueError as exc:  # never becomes valid: wait for the next generation
+            self._pending = False
+            kept = (
+                f"; generation {self.applied_generation} stays applied"
+                if self.plan is not None else ""
+            )
+            self._problem = (Reason.UNSUPPORTED_PLAN, f"{exc}{kept}", latest.generation)
+            log.error("generation %d cannot be applied: %s%s", latest.generation, exc, kept)
+            return
+        self._pending = False
+        self._problem = None
+        self.plan = plan
+        self._applied_key = (latest.uid, latest.generation)
+        self.applied_generation = latest.generation
+        log.info("applying generation %d of NodePlan %s", latest.generation, latest.name)
+        self._pass(full=self._next_full is None)
+
+    def _assemble(self, latest: PublishedNodePlan) -> NodePlan:
+        """The whole plan from the NodePlan and its shards, fetching only shards whose
+        (name, digest) is not cached. Same result and errors as shards.assemble_plan, but an
+        unchanged shard is neither fetched nor parsed again (parsing costs seconds per
+        100,000 destinations)."""
+        spec = latest.spec
+        version = spec.get("formatVersion")
+        if version != PLAN_FORMAT_VERSION:
+            raise ValueError(
+                f"NodePlan formatVersion {version!r} is not supported (this agent reads "
+                f"{PLAN_FORMAT_VERSION}); upgrade the agent or the operator so they match"
+            )
+        try:
+            root = plan_from_dict(dict(spec["plan"]))
+            refs = [(str(r["name"]), str(r["digest"])) for r in spec.get("shards") or []]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"NodePlan spec is malformed: {exc}") from exc
+        if spec.get("node") != self.node or root.node != self.node:
+            raise ValueError(
+                f"NodePlan {latest.name} holds a plan for node {spec.get('node')!r}, "
+                f"not {self.node!r}"
+            )
+        problems: list[str] = []
+        fetched = False
+        for name, digest in refs:
+            if (name, digest) in self._parts:
+                continue
+            body = self._source.get_shard(name)
+            fetched = True
+            if body is None:
+                problems.append(f"NodePlanShard {name} is missing")
+                continue
+            got = str(body.get("digest"))
+            try:
+                # cached under the digest it carries: one written for a newer plan is the one
+                # the next NodePlan will ask for
+                self._parts[(name, got)] = plan_from_dict(dict(body["plan"]))
+            except (KeyError, TypeError) as exc:
+                if got == digest:
+                    raise ValueError(f"NodePlanShard {name} is malformed: {exc}") from exc
+            if got != digest:
+                problems.append(
+                    f"NodePlanShard {name} has digest {got!r}, the NodePlan expects {digest!r}"
+                )
+        if fetched:
+            self._api_ok()
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ShardError(problems[0] + more)
+        wanted = set(refs)
+        self._parts = {k: v for k, v in self._parts.items() if k in wanted}
+        return merge_plans(root, [self._parts[r] for r in refs])
+
+    # ---- kernel passes
+
+    def _pass(self, *, full: bool) -> None:
+        plan = self.plan
+        if plan is None:
+            return
+        now = self._clock()
+        if full:
+            self._caching.refresh()
+            self._in_sync.clear()
+            due = (self._next_full if self._next_full is not None else now) + self.interval
+            self._next_full = due if due > now else now + self.interval
+        report = reconcile(
+            plan,
+            self._caching.view,
+            self._state,
+            dry_run=self.dry_run,
+            persist=None if self.dry_run else self._persist,
+            in_sync=self._in_sync,
+        )
+        if report.failures:  # read again next time rather than trust what we think we wrote
+            self._caching.refresh()
+            self._in_sync.clear()
+        self._report = report
+        self._synced_at = self._wall()
+        if (report.steps or report.failures) and self._on_report is not None:
+            self._on_report(report)
+
+    # ---- status
+
+    def _condition(
+        self, kind: str, ok: bool, reason: Reason, message: str, generation: int | None
+    ) -> dict[str, Any]:
+        status = "True" if ok else "False"
+        before = self._conditions.get(kind) or {}
+        since = before.get("lastTransitionTime")
+        if before.get("status") != status or not since:
+            since = _rfc3339(self._wall())
+        cond: dict[str, Any] = {
+            "type": kind,
+            "status": status,
+            "reason": str(reason),
+            "message": _clip(message, MAX_MESSAGE),
+            "lastTransitionTime": since,
+        }
+        if generation is not None:
+            cond["observedGeneration"] = generation
+        self._conditions[kind] = cond
+        return cond
+
+    def status_body(self) -> dict[str, Any] | None:
+        """The status this agent would write now (without lastSyncTime); None when it has
+        nothing to say yet."""
+        report, problem, applied = self._report, self._problem, self.applied_generation
+        if report is None and problem is None:
+            return None
+        plan = self.plan
+        counts = ""
+        if plan is not None:
+            services = len(plan.director.services)
+            destinations = sum(len(s.destinations) for s in plan.director.services)
+            counts = f"{services} service(s), {destinations} destination(s)"
+        if problem is not None:
+            programmed = self._condition("Programmed", False, problem[0], problem[1], problem[2])
+        elif report is not None and report.failures:
+            programmed = self._condition(
+                "Programmed", False, Reason.APPLY_FAILED,
+                f"generation {applied}: {len(report.failures)} failure(s), the first: "
+                f"{report.failures[0]}",
+                applied,
+            )
+        else:
+            programmed = self._condition(
+                "Programmed", True, Reason.APPLIED, f"generation {applied} programmed: {counts}",
+                applied,
+            )
+        if report is not None and report.failures:
+            degraded = self._condition(
+                "Degraded", True, Reason.APPLY_FAILED, "; ".join(report.failures[:3]), applied
+            )
+        elif problem is not None and problem[0] is Reason.UNSUPPORTED_PLAN:
+            degraded = self._condition("Degraded", True, problem[0], problem[1], problem[2])
+        elif report is not None and report.warnings:
+            degraded = self._condition(
+                "Degraded", True, Reason.WARNINGS, "; ".join(report.warnings[:3]), applied
+            )
+        else:
+            degraded = self._condition(
+                "Degraded", False, Reason.AS_EXPECTED, "no failures or warnings", applied
+            )
+        body: dict[str, Any] = {"conditions": [programmed, degraded], "agent": self.identity}
+        if applied is not None:
+            body["observedGeneration"] = applied
+        if plan is not None:
+            body["services"] = len(plan.director.services)
+            body["destinations"] = sum(len(s.destinations) for s in plan.director.services)
+        if report is not None:
+            body["draining"] = report.waiting_drains
+            body["failures"] = _bounded(report.failures)
+            body["warnings"] = _bounded(report.warnings)
+        return body
+
+    def _status_due(self, body: dict[str, Any] | None) -> float:
+        """When the status should next be written (inf: not until something changes)."""
+        if self.dry_run or self._latest is None or body is None:
+            return math.inf
+        if body != self._published:
+            return self._status_retry_at
+        if self._patched_at is None or self._synced_at == self._patched_sync:
+            return math.inf
+        return max(self._patched_at + self.interval, self._status_retry_at)  # heartbeat
+
+    def _publish_status(self) -> None:
+        body = self.status_body()
+        now = self._clock()
+        if now < self._status_due(body):
+            return
+        assert body is not None
+        patch = dict(body)
+        if self._synced_at is not None:
+            patch["lastSyncTime"] = _rfc3339(self._synced_at)
+        try:
+            self._source.patch_status(self.node, patch)
+        except PlanGone:  # deleted meanwhile: the watch says so next
+            self._status_retry_at = now + self._status_backoff.next()
+            return
+        except PlanSourceError as exc:
+            self._status_retry_at = now + self._status_backoff.next()
+            if not self._status_down:
+                self._status_down = True
+                if not self._api_down:
+                    log.warning("cannot write the NodePlan status (%s); retrying with backoff",
+                                exc)
+            return
+        if self._status_down:
+            self._status_down = False
+            self._status_backoff.reset()
+        self._published = body
+        self._patched_at = now
+        self._patched_sync = self._synced_at
+
+    # ---- waiting
+
+    def _deadline(self) -> float:
+        """The next moment step() has something to do, API retries aside."""
+        now = self._clock()
+        deadlines = [now + self.interval, self._status_due(self.status_body())]
+        if self._next_full is not None:
+            deadlines.append(self._next_full)
+        if self._pending:
+            deadlines.append(self._retry_at)
+        return min(deadlines)
+
+    def _wait(self) -> None:
+        """Until the next deadline: watch the NodePlan (handling each event as it comes), or
+        sleep while the API is to be left alone (backoff) or there is no watch position."""
+        deadline = self._deadline()
+        now = self._clock()
+        if deadline <= now:
+            return
+        if self._rv is None or (self._api_down and now < self._api_retry_at):
+            self._sleep(min(deadline, max(self._api_retry_at, now)) - now)
+            return
+        events: Iterator[PlanEvent] | None = None
+        try:
+            events = self._source.watch_plan(self.node, self._rv, deadline - now)
+            for event in self._interruptible(events):
+                self._api_ok()
+                self._on_event(event)
+                if self._stopping or self._clock() >= deadline:
+                    break
+            else:
+                self._api_ok()
+        except WatchExpired:
+            log.info("the watch position expired; listing the NodePlan again")
+            self._rv = None
+            self._api_retry_at = self._clock()
+        except PlanSourceError as exc:
+            self._api_failed("watching the NodePlan", exc)
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
+
+    def _interruptible(self, events: Iterator[PlanEvent]) -> Iterator[PlanEvent]:
+        while not self._stopping:
+            self._blocking = True
+            try:
+                event = next(events, None)
+            finally:
+                self._blocking = False
+            if event is None:
+                return
+            yield event
+
+    def _sleep(self, seconds: float) -> None:
+        self._blocking = True
+        try:
+            if not self._stopping:
+                self._sleep_fn(seconds)
+        finally:
+            self._blocking = False

@@ -1,0 +1,264 @@
+"""The guest half of the end-to-end tests and of `make demo`: LVS sites in namespaces.
+
+Runs inside the qemu guest (real IPVS); the host side drives it through GuestVM:
+
+    up --prefix P --backends N   build the e2e site and serve until SIGTERM, then tear it down
+    demo                         build the site examples/ is written for (see demo_site)
+    get --prefix P ADDR PORT N   N HTTP requests from the client namespace; JSON of who answered
+    hold --prefix P ADDR PORT S  one TCP connection through the VIP, a line every 0.5 s for at
+                                 most S seconds or until SIGTERM; prints a summary line
+    kernel NS                    the owned kernel state of namespace NS, as JSON
+
+Site (LVS-NAT, as in the LVS HOWTO):
+
+    client 203.0.113.2 --- 203.0.113.1 [P-dir] br0 198.51.100.1 --- P-rs1 .11, P-rs2 .12, ...
+
+Each real server answers HTTP on :80 with its name and echoes lines on :7000 prefixed with its
+name. Addresses only from 203.0.113.0/24 and 198.51.100.0/24; loops bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from typing import Any
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
+
+
+def up(prefix: str, backends: int) -> int:
+    from tests.vm.lvslab import line_echo, who_http
+    from tests.vm.netlab import Netns
+
+    names = ["client", "dir", *(f"rs{i}" for i in range(1, backends + 1))]
+    made: list[str] = []
+    stopping = False
+
+    def stop(_sig: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        for n in names:
+            _ip("netns", "add", f"{prefix}-{n}")
+            made.append(f"{prefix}-{n}")
+            _ip("-n", f"{prefix}-{n}", "link", "set", "lo", "up")
+        c, d = f"{prefix}-client", f"{prefix}-dir"
+        _ip("-n", c, "link", "add", "eth0", "type", "veth", "peer", "name", "front", "netns", d)
+        _ip("-n", c, "addr", "add", "203.0.113.2/24", "dev", "eth0")
+        _ip("-n", c, "link", "set", "eth0", "up")
+        _ip("-n", c, "route", "add", "default", "via", "203.0.113.1")
+        _ip("-n", d, "addr", "add", "203.0.113.1/24", "dev", "front")
+        _ip("-n", d, "link", "set", "front", "up")
+        _ip("-n", d, "link", "add", "br0", "type", "bridge")
+        _ip("-n", d, "addr", "add", "198.51.100.1/24", "dev", "br0")
+        _ip("-n", d, "link", "set", "br0", "up")
+        with ExitStack() as stack:
+            for i in range(1, backends + 1):
+                r = f"{prefix}-rs{i}"
+                _ip("-n", d, "link", "add", f"to-rs{i}", "type", "veth", "peer", "name", "eth0",
+                    "netns", r)
+                _ip("-n", d, "link", "set", f"to-rs{i}", "master", "br0", "up")
+                _ip("-n", r, "addr", "add", f"198.51.100.{10 + i}/24", "dev", "eth0")
+                _ip("-n", r, "link", "set", "eth0", "up")
+                _ip("-n", r, "route", "add", "default", "via", "198.51.100.1")
+                ns = Netns(r)
+                stack.enter_context(who_http(ns, 80, f"rs{i}"))
+                stack.enter_context(line_echo(ns, 7000, f"rs{i}"))
+            print("READY", flush=True)
+            deadline = time.monotonic() + 3600  # a lab outliving its test is a bug
+            while not stopping and time.monotonic() < deadline:
+                time.sleep(0.2)
+    finally:
+        for ns_name in reversed(made):
+            subprocess.run(["ip", "netns", "del", ns_name], capture_output=True, timeout=30)
+    return 0
+
+
+def demo_site() -> int:
+    r"""The nodes of examples/nodes.yaml as namespaces, wired for examples/nat-wrr-portmap:
+
+        client 192.0.2.100 --- 192.0.2.1 [director-a] br0 198.51.100.1 --- web-nat-1 .11:8080
+                                                                      \-- web-nat-2 .12:8080
+        director-b, real-1, real-2, real-3: namespaces of their own (their agents program
+        them: VIPs, lo VIPs, ARP sysctls, tunnel devices), not wired for traffic.
+    """
+    from tests.vm.lvslab import who_http
+    from tests.vm.netlab import Netns
+
+    stopping = False
+
+    def stop(_sig: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    names = ["client", "director-a", "director-b", "real-1", "real-2", "real-3",
+             "web-nat-1", "web-nat-2"]
+    made: list[str] = []
+    try:
+        for n in names:
+            _ip("netns", "add", n)
+            made.append(n)
+            _ip("-n", n, "link", "set", "lo", "up")
+        _ip("-n", "client", "link", "add", "eth0", "type", "veth", "peer", "name", "front",
+            "netns", "director-a")
+        _ip("-n", "client", "addr", "add", "192.0.2.100/24", "dev", "eth0")
+        _ip("-n", "client", "link", "set", "eth0", "up")
+        _ip("-n", "client", "route", "add", "default", "via", "192.0.2.1")
+        _ip("-n", "director-a", "addr", "add", "192.0.2.1/24", "dev", "front")
+        _ip("-n", "director-a", "link", "set", "front", "up")
+        _ip("-n", "director-a", "link", "add", "br0", "type", "bridge")
+        _ip("-n", "director-a", "addr", "add", "198.51.100.1/24", "dev", "br0")
+        _ip("-n", "director-a", "link", "set", "br0", "up")
+        for n in ("director-b", "real-1", "real-2", "real-3"):  # a device to route VIPs to
+            _ip("-n", n, "link", "add", "eth0", "type", "dummy")
+            _ip("-n", n, "link", "set", "eth0", "up")
+            _ip("-n", n, "route", "add", "default", "dev", "eth0")
+        with ExitStack() as stack:
+            for i, n in ((11, "web-nat-1"), (12, "web-nat-2")):
+                _ip("-n", "director-a", "link", "add", f"to-{n}", "type", "veth", "peer",
+                    "name", "eth0", "netns", n)
+                _ip("-n", "director-a", "link", "set", f"to-{n}", "master", "br0", "up")
+                _ip("-n", n, "addr", "add", f"198.51.100.{i}/24", "dev", "eth0")
+                _ip("-n", n, "link", "set", "eth0", "up")
+                _ip("-n", n, "route", "add", "default", "via", "198.51.100.1")
+                stack.enter_context(who_http(Netns(n), 8080, n))
+            print("READY", flush=True)
+            deadline = time.monotonic() + 3600
+            while not stopping and time.monotonic() < deadline:
+                time.sleep(0.2)
+    finally:
+        for n in reversed(made):
+            subprocess.run(["ip", "netns", "del", n], capture_output=True, timeout=30)
+    return 0
+
+
+def _client_socket(prefix: str, addr: str, port: int, timeout: float) -> socket.socket:
+    from tests.vm.netlab import Netns
+
+    with Netns(f"{prefix}-client" if prefix else "client").entered():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect((addr, port))
+    return sock
+
+
+def get(prefix: str, addr: str, port: int, count: int, *, verbose: bool = False) -> int:
+    answers: list[str] = []
+    for _ in range(min(count, 1000)):
+        try:
+            sock = _client_socket(prefix, addr, port, 3.0)
+            with sock:
+                sock.sendall(f"GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n".encode())
+                data = b""
+                while len(data) < 65536:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            body = data.split(b"\r\n\r\n", 1)[-1].decode()
+            answers.append(body.split()[0] if body else "(empty)")
+        except OSError as exc:
+            answers.append(f"error:{exc.__class__.__name__}")
+        if verbose:
+            print(f"  request {len(answers):2d}: {addr}:{port} answered by {answers[-1]}",
+                  flush=True)
+    print(json.dumps({"answers": answers}))
+    return 0
+
+
+def hold(prefix: str, addr: str, port: int, seconds: float) -> int:
+    stopping = False
+
+    def stop(_sig: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    ok = failed = 0
+    servers: set[str] = set()
+    sock = _client_socket(prefix, addr, port, 5.0)
+    file = sock.makefile("rwb")
+    print("CONNECTED", flush=True)
+    deadline = time.monotonic() + seconds
+    n = 0
+    while not stopping and time.monotonic() < deadline:
+        n += 1
+        try:
+            file.write(f"ping-{n}\n".encode())
+            file.flush()
+            line = file.readline().decode().strip()
+            server, echoed = line.split(" ", 1)
+            if echoed != f"ping-{n}":
+                raise ValueError(line)
+            servers.add(server)
+            ok += 1
+        except (OSError, ValueError) as exc:
+            failed += 1
+            print(f"exchange {n} failed: {exc!r}", flush=True)
+            if failed > 3:
+                break
+        time.sleep(0.5)
+    sock.close()
+    print(f"HOLD ok={ok} failed={failed} servers={','.join(sorted(servers))}", flush=True)
+    return 0 if failed == 0 and ok > 0 and len(servers) == 1 else 1
+
+
+def kernel(ns: str) -> int:
+    def run(*argv: str) -> str:
+        done = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
+                              text=True, timeout=60)
+        return done.stdout if done.returncode == 0 else ""
+
+    state = {
+        "ipvs": [line for line in run("ipvsadm", "-Sn").splitlines() if line.strip()],
+        "addresses": run("ip", "-o", "addr", "show").splitlines(),
+        "ipsets": [s for s in run("ipset", "list", "-n").split() if s.startswith("lvs-")],
+        "chains": [line for line in run("iptables-save").splitlines() if "LVS-" in line],
+    }
+    print(json.dumps(state))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="guestlab")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("up")
+    a.add_argument("--prefix", required=True)
+    a.add_argument("--backends", type=int, default=3)
+    sub.add_parser("demo")
+    for name in ("get", "hold"):
+        s = sub.add_parser(name)
+        s.add_argument("--prefix", default="", help="the site's prefix (none: the demo site)")
+        s.add_argument("--verbose", action="store_true")
+        s.add_argument("addr")
+        s.add_argument("port", type=int)
+        s.add_argument("n", type=float)
+    k = sub.add_parser("kernel")
+    k.add_argument("ns")
+    args = p.parse_args(argv)
+    if args.cmd == "up":
+        return up(args.prefix, args.backends)
+    if args.cmd == "demo":
+        return demo_site()
+    if args.cmd == "get":
+        return get(args.prefix, args.addr, args.port, int(args.n), verbose=args.verbose)
+    if args.cmd == "hold":
+        return hold(args.prefix, args.addr, args.port, args.n)
+    return kernel(args.ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
