@@ -106,7 +106,7 @@ def run_demo(requests: int = 12, timeout: float = 300.0) -> int:
                          "nat-wrr-portmap, wrr 3:1) from the guest's client namespace")
                     out = guest.run([*LAB, "get", "--verbose", NAT_VIP, str(NAT_PORT),
                                      str(requests)], timeout=180).stdout
-                    lines = out.strip().splitlines()
+                    lines = out.rstrip().splitlines()
                     print("\n".join(lines[:-1]), flush=True)
                     answers = json.loads(lines[-1])["answers"]
                     note(f"answered by: {dict(Counter(answers))}")

@@ -119,6 +119,7 @@ def demo_site() -> int:
         _ip("-n", "client", "route", "add", "default", "via", "192.0.2.1")
         _ip("-n", "director-a", "addr", "add", "192.0.2.1/24", "dev", "front")
         _ip("-n", "director-a", "link", "set", "front", "up")
+        _ip("-n", "director-a", "-6", "route", "add", "default", "dev", "front")  # web6's VIP
         _ip("-n", "director-a", "link", "add", "br0", "type", "bridge")
         _ip("-n", "director-a", "addr", "add", "198.51.100.1/24", "dev", "br0")
         _ip("-n", "director-a", "link", "set", "br0", "up")
@@ -126,6 +127,7 @@ def demo_site() -> int:
             _ip("-n", n, "link", "add", "eth0", "type", "dummy")
             _ip("-n", n, "link", "set", "eth0", "up")
             _ip("-n", n, "route", "add", "default", "dev", "eth0")
+            _ip("-n", n, "-6", "route", "add", "default", "dev", "eth0")
         with ExitStack() as stack:
             for i, n in ((11, "web-nat-1"), (12, "web-nat-2")):
                 _ip("-n", "director-a", "link", "add", f"to-{n}", "type", "veth", "peer",
