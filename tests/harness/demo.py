@@ -53,80 +53,87 @@ def _programmed(cp: LocalControlPlane) -> tuple[int, int, list[str]]:
 
 
 def run_demo(requests: int = 12, timeout: float = 300.0) -> int:
+    """Start a control plane and a guest, run the demo in them, stop them."""
     t0 = time.monotonic()
+    step("starting kube-apiserver and etcd on 127.0.0.1 (first run: builds/fetches them)")
+    with LocalControlPlane(log=note) as cp:
+        step("booting the qemu guest (Debian kernel with IPVS), API server forwarded in")
+        with GuestVM(forwards=[(6443, cp.port)], log=note) as guest:
+            ok = demo_in(cp, guest, requests=requests, timeout=timeout)
+    step(f"demo {'OK' if ok else 'FAILED'} in {time.monotonic() - t0:.0f} s")
+    return 0 if ok else 1
+
+
+def demo_in(cp: LocalControlPlane, guest: GuestVM, *, requests: int = 12,
+            timeout: float = 300.0) -> bool:
+    """The demo on a running control plane and guest (the cluster tier passes its own)."""
     ok = True
     with tempfile.TemporaryDirectory(prefix="lvs-demo-") as tmp:
-        step("starting kube-apiserver and etcd on 127.0.0.1 (first run: builds/fetches them)")
-        with LocalControlPlane(log=note) as cp:
-            step("installing CRDs and RBAC, starting lvs-operator on this host")
-            operator = HostOperator(install(cp), Path(tmp) / "operator.log")
-            operator.start()
-            step("booting the qemu guest (Debian kernel with IPVS), API server forwarded in")
-            with GuestVM(forwards=[(6443, cp.port)], log=note) as guest:
-                server = f"https://{guest.forward_address(cp.port)}"
-                kubeconfig = cp.service_account_kubeconfig(
-                    SYSTEM_NS, "lvs-agent", server=server,
-                    path=Path(tmp) / "agent-guest.kubeconfig")
-                guest_kubeconfig = guest.put_file(kubeconfig, kubeconfig.read_text(), 0o600)
-                site = guest.spawn([*LAB, "demo"], name="site")
-                guest.wait_for_log(site, "READY", timeout=180)
-                note("namespaces: client, " + ", ".join(NODES) + ", web-nat-1, web-nat-2")
-                step(f"starting one lvs-agent per node in the guest: {', '.join(NODES)}")
-                agents = {n: guest.spawn(agent_argv(n, guest_kubeconfig, netns=n, interval=5,
-                                                    state_dir="/var/lib/lvs-demo"), name=n)
-                          for n in NODES}
-                try:
-                    step("kubectl apply -f examples/")
-                    cp.kubectl("apply", "-f", str(REPO / "examples" / "nodes.yaml"))
-                    for d in sorted(p for p in (REPO / "examples").iterdir() if p.is_dir()):
-                        out = cp.kubectl("apply", "-f", str(d)).stdout.strip()
-                        for line in out.splitlines():
-                            note(line)
-                    step("waiting for the agents to program every VirtualService")
-                    deadline = time.monotonic() + timeout
-                    last = ""
-                    while True:
-                        done, total, waiting = _programmed(cp)
-                        line = f"{done}/{total} programmed"
-                        if line != last:
-                            note(line)
-                            last = line
-                        if total and done == total:
-                            break
-                        if time.monotonic() > deadline:
-                            ok = False
-                            note("gave up waiting: " + "; ".join(waiting))
-                            break
-                        time.sleep(1)
-                    step("kubectl get virtualservices -A")
-                    print(cp.kubectl("get", "virtualservices", "-A").stdout, flush=True)
-                    step("kubectl get nodeplans")
-                    print(cp.kubectl("get", "nodeplans").stdout, flush=True)
-                    step(f"{requests} HTTP requests to {NAT_VIP}:{NAT_PORT} (examples/"
-                         "nat-wrr-portmap, wrr 3:1) from the guest's client namespace")
-                    out = guest.run([*LAB, "get", "--verbose", NAT_VIP, str(NAT_PORT),
-                                     str(requests)], timeout=180).stdout
-                    lines = out.rstrip().splitlines()
-                    print("\n".join(lines[:-1]), flush=True)
-                    answers = json.loads(lines[-1])["answers"]
-                    note(f"answered by: {dict(Counter(answers))}")
-                    if any(a.startswith("error") for a in answers):
-                        ok = False
-                    step("ipvsadm -Ln on director-a (inside the guest)")
-                    print(guest.run(["ip", "netns", "exec", "director-a", "ipvsadm", "-Ln"],
-                                    timeout=60).stdout, flush=True)
-                finally:
-                    for n, handle in agents.items():
-                        guest.kill(handle)
-                        if not ok:
-                            note(f"agent {n} log:\n{guest.logs(handle)[-2000:]}")
-                    guest.kill(site)
-                    operator.stop()
-                    if not ok:
-                        note("operator log:\n" + operator.log(3000))
-    verdict = "OK" if ok else "FAILED"
-    step(f"demo {verdict} in {time.monotonic() - t0:.0f} s")
-    return 0 if ok else 1
+        step("installing CRDs and RBAC, starting lvs-operator on this host")
+        operator = HostOperator(install(cp), Path(tmp) / "operator.log")
+        operator.start()
+        server = f"https://{guest.forward_address(cp.port)}"
+        kubeconfig = cp.service_account_kubeconfig(
+            SYSTEM_NS, "lvs-agent", server=server, path=Path(tmp) / "agent-guest.kubeconfig")
+        guest_kubeconfig = guest.put_file(kubeconfig, kubeconfig.read_text(), 0o600)
+        site = guest.spawn([*LAB, "demo"], name="site")
+        agents: dict[str, int] = {}
+        try:
+            guest.wait_for_log(site, "READY", timeout=180)
+            note("namespaces: client, " + ", ".join(NODES) + ", web-nat-1, web-nat-2")
+            step(f"starting one lvs-agent per node in the guest: {', '.join(NODES)}")
+            agents = {n: guest.spawn(agent_argv(n, guest_kubeconfig, netns=n, interval=5,
+                                                state_dir="/var/lib/lvs-demo"), name=n)
+                      for n in NODES}
+            step("kubectl apply -f examples/")
+            cp.kubectl("apply", "-f", str(REPO / "examples" / "nodes.yaml"))
+            for d in sorted(p for p in (REPO / "examples").iterdir() if p.is_dir()):
+                out = cp.kubectl("apply", "-f", str(d)).stdout.strip()
+                for line in out.splitlines():
+                    note(line)
+            step("waiting for the agents to program every VirtualService")
+            deadline = time.monotonic() + timeout
+            last = ""
+            while True:
+                done, total, waiting = _programmed(cp)
+                line = f"{done}/{total} programmed"
+                if line != last:
+                    note(line)
+                    last = line
+                if total and done == total:
+                    break
+                if time.monotonic() > deadline:
+                    ok = False
+                    note("gave up waiting: " + "; ".join(waiting))
+                    break
+                time.sleep(1)
+            step("kubectl get virtualservices -A")
+            print(cp.kubectl("get", "virtualservices", "-A").stdout, flush=True)
+            step("kubectl get nodeplans")
+            print(cp.kubectl("get", "nodeplans").stdout, flush=True)
+            step(f"{requests} HTTP requests to {NAT_VIP}:{NAT_PORT} (examples/"
+                 "nat-wrr-portmap, wrr 3:1) from the guest's client namespace")
+            out = guest.run([*LAB, "get", "--verbose", NAT_VIP, str(NAT_PORT), str(requests)],
+                            timeout=180).stdout
+            lines = out.rstrip().splitlines()
+            print("\n".join(lines[:-1]), flush=True)
+            answers = json.loads(lines[-1])["answers"]
+            note(f"answered by: {dict(Counter(answers))}")
+            if len(answers) != requests or any(a.startswith("error") for a in answers):
+                ok = False
+            step("ipvsadm -Ln on director-a (inside the guest)")
+            print(guest.run(["ip", "netns", "exec", "director-a", "ipvsadm", "-Ln"],
+                            timeout=60).stdout, flush=True)
+        finally:
+            for n, handle in agents.items():
+                guest.kill(handle)
+                if not ok:
+                    note(f"agent {n} log:\n{guest.logs(handle)[-2000:]}")
+            guest.kill(site)
+            operator.stop()
+            if not ok:
+                note("operator log:\n" + operator.log(3000))
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,8 +123,11 @@ def demo_site() -> int:
         _ip("-n", "director-a", "link", "add", "br0", "type", "bridge")
         _ip("-n", "director-a", "addr", "add", "198.51.100.1/24", "dev", "br0")
         _ip("-n", "director-a", "link", "set", "br0", "up")
-        for n in ("director-b", "real-1", "real-2", "real-3"):  # a device to route VIPs to
+        # A device to route VIPs to, with an address of its own: removing a device's last
+        # IPv4 address (a VIP) makes the kernel flush the routes through it.
+        for i, n in enumerate(("director-b", "real-1", "real-2", "real-3"), start=2):
             _ip("-n", n, "link", "add", "eth0", "type", "dummy")
+            _ip("-n", n, "addr", "add", f"203.0.113.{i}/24", "dev", "eth0")
             _ip("-n", n, "link", "set", "eth0", "up")
             _ip("-n", n, "route", "add", "default", "dev", "eth0")
             _ip("-n", n, "-6", "route", "add", "default", "dev", "eth0")

@@ -656,7 +656,11 @@ class ClusterAgent:
         self._observe(None if event.type is EventType.DELETED else event.plan)
         if self._pending:  # a new generation: apply it now, not at the next deadline
             self._apply_latest()
-            self._publish_status()
+            if not self._pending:
+                # Applied: report at once. Still waiting for shards: the event was probably
+                # one of a backlog the operator has already moved past; reporting each of
+                # them would cost a round trip (and another event) apiece.
+                self._publish_status()
 
     def _api_failed(self, doing: str, exc: PlanSourceError) -> None:
         self._api_retry_at = self._clock() + self._api_backoff.next()
@@ -752,7 +756,7 @@ class ClusterAgent:
             fetched = True
             if body is None:
                 problems.append(f"NodePlanShard {name} is missing")
-                continue
+                break
             got = str(body.get("digest"))
             try:
                 # cached under the digest it carries: one written for a newer plan is the one
@@ -765,6 +769,7 @@ class ClusterAgent:
                 problems.append(
                     f"NodePlanShard {name} has digest {got!r}, the NodePlan expects {digest!r}"
                 )
+                break  # this generation is already stale: fetching the rest is wasted
         if fetched:
             self._api_ok()
         if problems:
@@ -786,6 +791,7 @@ class ClusterAgent:
             self._in_sync.clear()
             due = (self._next_full if self._next_full is not None else now) + self.interval
             self._next_full = due if due > now else now + self.interval
+        started = time.monotonic()
         report = reconcile(
             plan,
             self._caching.view,
@@ -794,9 +800,16 @@ class ClusterAgent:
             persist=None if self.dry_run else self._persist,
             in_sync=self._in_sync,
         )
+        if report.steps or report.failures:
+            log.info("%s pass of generation %d: %s in %.2f s", "full" if full else "cached",
+                     self.applied_generation, report.summary(), time.monotonic() - started)
         if report.failures:  # read again next time rather than trust what we think we wrote
             self._caching.refresh()
             self._in_sync.clear()
+        if full and self._next_full is not None and self._next_full <= self._clock():
+            # The pass took longer than the interval (a big table on a slow machine): the next
+            # full pass counts from its end, or back-to-back passes would starve the watch.
+            self._next_full = self._clock() + self.interval
         self._report = report
         self._synced_at = self._wall()
         if (report.steps or report.failures) and self._on_report is not None:

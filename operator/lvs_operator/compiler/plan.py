@@ -10,6 +10,7 @@ from its attributes, so the agent's diff yields add / update / delete.
 
 from __future__ import annotations
 
+import functools
 import json
 import typing
 from typing import Any, NamedTuple
@@ -229,16 +230,23 @@ def plan_to_json(plan: NodePlan) -> str:
     return json.dumps(plan_to_dict(plan), sort_keys=True, separators=(",", ":"))
 
 
-def _from_jsonable(tp: Any, value: Any) -> Any:
+@functools.cache
+def _reader(tp: Any) -> Any:
+    """A function turning the JSON form of `tp` back into `tp`, built once per type: plans
+    carry a million records, and resolving type hints per record cost most of the parse."""
     origin = typing.get_origin(tp)
     if origin is tuple:
         (item_tp, *_rest) = typing.get_args(tp)
-        return tuple(_from_jsonable(item_tp, v) for v in value)
+        item = _reader(item_tp)
+        return lambda value: tuple(item(v) for v in value)
     if isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields"):
-        hints = typing.get_type_hints(tp)
-        kwargs = {k: _from_jsonable(hints[k], v) for k, v in value.items() if k in hints}
-        return tp(**kwargs)
-    return value
+        fields = {k: _reader(h) for k, h in typing.get_type_hints(tp).items()}
+        return lambda value: tp(**{k: fields[k](v) for k, v in value.items() if k in fields})
+    return lambda value: value
+
+
+def _from_jsonable(tp: Any, value: Any) -> Any:
+    return _reader(tp)(value)
 
 
 def plan_from_dict(data: dict[str, Any]) -> NodePlan:

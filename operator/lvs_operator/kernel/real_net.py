@@ -16,6 +16,7 @@ import errno
 import ipaddress
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -113,6 +114,11 @@ class _Netlink:
     def __init__(self, netns: str | None) -> None:
         self.netns = netns
         self._ipr = _open_iproute(netns)
+        # index -> name, as of `_names_at`: a director holds a thousand VIPs on one device,
+        # and a link dump per address added or routed cost more than the work itself
+        # (seconds under TCG). Devices come and go rarely; the map lives one second.
+        self._names_cache: dict[int, str] = {}
+        self._names_at = -1.0
 
     def close(self) -> None:
         """Release the socket (and pyroute2's event loop behind it)."""
@@ -140,7 +146,13 @@ class _Netlink:
         return self._call("list links", self._ipr.link, "dump")
 
     def _names(self) -> dict[int, str]:
-        return {int(link["index"]): str(link.get("IFLA_IFNAME")) for link in self._links()}
+        now = time.monotonic()
+        if now - self._names_at >= 1.0:
+            self._names_cache = {
+                int(link["index"]): str(link.get("IFLA_IFNAME")) for link in self._links()
+            }
+            self._names_at = now
+        return self._names_cache
 
     def _link(self, name: str) -> Any | None:
         for link in self._links():
@@ -149,11 +161,15 @@ class _Netlink:
         return None
 
     def _index(self, device: str) -> int:
-        link = self._link(device)
-        if link is None:
-            where = f" in network namespace {self.netns}" if self.netns else ""
-            raise NotFound(f"device {device} does not exist{where}")
-        return int(link["index"])
+        for index, name in self._names().items():
+            if name == device:
+                return index
+        self._names_at = -1.0  # maybe it is new: look again
+        for index, name in self._names().items():
+            if name == device:
+                return index
+        where = f" in network namespace {self.netns}" if self.netns else ""
+        raise NotFound(f"device {device} does not exist{where}")
 
 
 # --- addresses ------------------------------------------------------------------------------
