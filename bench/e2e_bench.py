@@ -127,8 +127,9 @@ def run(sizes: list[int], timeout: float) -> list[dict[str, Any]]:
                         break
                     time.sleep(0.5)
                 print(f"agent up and reporting after {time.monotonic() - t0:.1f} s", flush=True)
-                for n in sizes:
-                    rows.append(measure(cp, guest, operator, n, timeout, tmp))
+                for i, n in enumerate(sizes):
+                    rows.append(measure(cp, guest, operator, n, timeout, tmp,
+                                        clean_up=i < len(sizes) - 1))
             finally:
                 print("agent log (tail):\n" + guest.logs(agent)[-1500:])
                 guest.kill(agent)
@@ -137,7 +138,7 @@ def run(sizes: list[int], timeout: float) -> list[dict[str, Any]]:
 
 
 def measure(cp: LocalControlPlane, guest: GuestVM, operator: HostOperator, n: int,
-            timeout: float, tmp: str) -> dict[str, Any]:
+            timeout: float, tmp: str, *, clean_up: bool = True) -> dict[str, Any]:
     ns = f"bench-{n}"
     cp.kubectl("create", "namespace", ns)
     docs = manifests(ns, n)
@@ -174,6 +175,8 @@ def measure(cp: LocalControlPlane, guest: GuestVM, operator: HostOperator, n: in
            "ipvsadm_restore_s": round(ref, 3), "ratio": round(t_programmed / ref, 1),
            "operator_rss_mb": round(op_rss, 1), "agent_rss_mb": round(agent_rss, 1)}
     print(json.dumps(row), flush=True)
+    if not clean_up:
+        return row
     t1 = time.monotonic()
     cp.kubectl("delete", "virtualservices", "--all", "-n", ns, "--timeout=600s", timeout=700)
     print(f"   deleted (finalizers confirmed by the agent) in {time.monotonic() - t1:.1f} s")

@@ -334,9 +334,12 @@ class ControllerState:
         return out
 
     def needs_finalizer(self) -> list[ObjectRef]:
+        """VirtualServices only: their deletion must wait for the kernel state to go. A
+        RealServer's removal is an ordinary plan change (its destinations drain)."""
         return [
             ref for ref, own in self._own.items()
-            if not own.deleting and not own.invalid and FINALIZER not in own.finalizers
+            if ref.kind == "VirtualService" and not own.deleting and not own.invalid
+            and FINALIZER not in own.finalizers
         ]
 
     def status_writes(self) -> tuple[list[StatusWrite], list[EventRecord]]:
