@@ -19,6 +19,6 @@ def test_make_demo_programs_every_example_and_serves_requests(
     print(out[-6000:])
     assert ok, out[-6000:]
     assert "web-nat-1" in out and "web-nat-2" in out
-    table = out.split("kubectl get virtualservices -A", 1)[1].split("==>", 1)[0]
+    table = out.split("==> kubectl get virtualservices", 1)[1].split("==>", 1)[0]
     rows = [line.split() for line in table.strip().splitlines()[1:]]
     assert len(rows) == 9 and all("True" in r for r in rows), table

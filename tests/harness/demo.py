@@ -39,17 +39,20 @@ def note(text: str) -> None:
     print(f"    {text}", flush=True)
 
 
-def _programmed(cp: LocalControlPlane) -> tuple[int, int, list[str]]:
-    out = json.loads(cp.kubectl("get", "virtualservices", "-A", "-o", "json").stdout)
+def _programmed(cp: LocalControlPlane, names: list[str]) -> tuple[int, int, list[str]]:
+    """How many of the examples' VirtualServices (in `default`) are Programmed."""
+    out = json.loads(cp.kubectl("get", "virtualservices", "-n", "default", *names,
+                                "-o", "json").stdout)
+    items = out.get("items", [out])
     done, waiting = 0, []
-    for item in out["items"]:
+    for item in items:
         conds = {c["type"]: c for c in (item.get("status") or {}).get("conditions") or ()}
         prog = conds.get("Programmed", {})
         if prog.get("status") == "True":
             done += 1
         else:
             waiting.append(f"{item['metadata']['name']}: {prog.get('reason', 'no status yet')}")
-    return done, len(out["items"]), waiting
+    return done, len(items), waiting
 
 
 def run_demo(requests: int = 12, timeout: float = 300.0) -> int:
@@ -87,28 +90,33 @@ def demo_in(cp: LocalControlPlane, guest: GuestVM, *, requests: int = 12,
                       for n in NODES}
             step("kubectl apply -f examples/")
             cp.kubectl("apply", "-f", str(REPO / "examples" / "nodes.yaml"))
+            names: list[str] = []  # the examples' VirtualServices (a cluster may hold others)
             for d in sorted(p for p in (REPO / "examples").iterdir() if p.is_dir()):
                 out = cp.kubectl("apply", "-f", str(d)).stdout.strip()
                 for line in out.splitlines():
                     note(line)
+                    kind, _, rest = line.partition("/")
+                    if kind == "virtualservice.lvs.dev":
+                        names.append(rest.split()[0])
             step("waiting for the agents to program every VirtualService")
             deadline = time.monotonic() + timeout
             last = ""
             while True:
-                done, total, waiting = _programmed(cp)
+                done, total, waiting = _programmed(cp, names)
                 line = f"{done}/{total} programmed"
                 if line != last:
                     note(line)
                     last = line
-                if total and done == total:
+                if total == len(names) and done == total:
                     break
                 if time.monotonic() > deadline:
                     ok = False
                     note("gave up waiting: " + "; ".join(waiting))
                     break
                 time.sleep(1)
-            step("kubectl get virtualservices -A")
-            print(cp.kubectl("get", "virtualservices", "-A").stdout, flush=True)
+            step("kubectl get virtualservices")
+            print(cp.kubectl("get", "virtualservices", "-n", "default", *names).stdout,
+                  flush=True)
             step("kubectl get nodeplans")
             print(cp.kubectl("get", "nodeplans").stdout, flush=True)
             step(f"{requests} HTTP requests to {NAT_VIP}:{NAT_PORT} (examples/"

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -34,11 +35,9 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
 
 
-def up(prefix: str, backends: int) -> int:
-    from tests.vm.lvslab import line_echo, who_http
-    from tests.vm.netlab import Netns
-
-    names = ["client", "dir", *(f"rs{i}" for i in range(1, backends + 1))]
+def _run_site(names: list[str], wire: Callable[[ExitStack], None]) -> int:
+    """Create the namespaces, let `wire` connect them and start servers (on the stack),
+    print READY, serve until SIGTERM (at most an hour), then delete the namespaces."""
     made: list[str] = []
     stopping = False
 
@@ -50,39 +49,57 @@ def up(prefix: str, backends: int) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         for n in names:
-            _ip("netns", "add", f"{prefix}-{n}")
-            made.append(f"{prefix}-{n}")
-            _ip("-n", f"{prefix}-{n}", "link", "set", "lo", "up")
-        c, d = f"{prefix}-client", f"{prefix}-dir"
+            _ip("netns", "add", n)
+            made.append(n)
+            _ip("-n", n, "link", "set", "lo", "up")
+        with ExitStack() as stack:
+            wire(stack)
+            print("READY", flush=True)
+            deadline = time.monotonic() + 3600  # a lab outliving its test is a bug
+            while not stopping and time.monotonic() < deadline:
+                time.sleep(0.2)
+    finally:
+        for n in reversed(made):
+            subprocess.run(["ip", "netns", "del", n], capture_output=True, timeout=30)
+    return 0
+
+
+def up(prefix: str, backends: int) -> int:
+    from tests.vm.lvslab import line_echo, who_http
+    from tests.vm.netlab import Netns
+
+    c, d = f"{prefix}-client", f"{prefix}-dir"
+    rs = [f"{prefix}-rs{i}" for i in range(1, backends + 1)]
+
+    def wire(stack: ExitStack) -> None:
         _ip("-n", c, "link", "add", "eth0", "type", "veth", "peer", "name", "front", "netns", d)
         _ip("-n", c, "addr", "add", "203.0.113.2/24", "dev", "eth0")
         _ip("-n", c, "link", "set", "eth0", "up")
         _ip("-n", c, "route", "add", "default", "via", "203.0.113.1")
         _ip("-n", d, "addr", "add", "203.0.113.1/24", "dev", "front")
         _ip("-n", d, "link", "set", "front", "up")
-        _ip("-n", d, "link", "add", "br0", "type", "bridge")
-        _ip("-n", d, "addr", "add", "198.51.100.1/24", "dev", "br0")
-        _ip("-n", d, "link", "set", "br0", "up")
-        with ExitStack() as stack:
-            for i in range(1, backends + 1):
-                r = f"{prefix}-rs{i}"
-                _ip("-n", d, "link", "add", f"to-rs{i}", "type", "veth", "peer", "name", "eth0",
-                    "netns", r)
-                _ip("-n", d, "link", "set", f"to-rs{i}", "master", "br0", "up")
-                _ip("-n", r, "addr", "add", f"198.51.100.{10 + i}/24", "dev", "eth0")
-                _ip("-n", r, "link", "set", "eth0", "up")
-                _ip("-n", r, "route", "add", "default", "via", "198.51.100.1")
-                ns = Netns(r)
-                stack.enter_context(who_http(ns, 80, f"rs{i}"))
-                stack.enter_context(line_echo(ns, 7000, f"rs{i}"))
-            print("READY", flush=True)
-            deadline = time.monotonic() + 3600  # a lab outliving its test is a bug
-            while not stopping and time.monotonic() < deadline:
-                time.sleep(0.2)
-    finally:
-        for ns_name in reversed(made):
-            subprocess.run(["ip", "netns", "del", ns_name], capture_output=True, timeout=30)
-    return 0
+        _director_bridge(d)
+        for i, r in enumerate(rs, start=1):
+            _real_server(d, f"to-rs{i}", r, f"198.51.100.{10 + i}")
+            stack.enter_context(who_http(Netns(r), 80, f"rs{i}"))
+            stack.enter_context(line_echo(Netns(r), 7000, f"rs{i}"))
+
+    return _run_site([c, d, *rs], wire)
+
+
+def _director_bridge(director: str) -> None:
+    _ip("-n", director, "link", "add", "br0", "type", "bridge")
+    _ip("-n", director, "addr", "add", "198.51.100.1/24", "dev", "br0")
+    _ip("-n", director, "link", "set", "br0", "up")
+
+
+def _real_server(director: str, port: str, ns: str, address: str) -> None:
+    """A real server on the director's bridge, routing back through the director (NAT)."""
+    _ip("-n", director, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    _ip("-n", director, "link", "set", port, "master", "br0", "up")
+    _ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+    _ip("-n", ns, "link", "set", "eth0", "up")
+    _ip("-n", ns, "route", "add", "default", "via", "198.51.100.1")
 
 
 def demo_site() -> int:
@@ -96,22 +113,7 @@ def demo_site() -> int:
     from tests.vm.lvslab import who_http
     from tests.vm.netlab import Netns
 
-    stopping = False
-
-    def stop(_sig: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    names = ["client", "director-a", "director-b", "real-1", "real-2", "real-3",
-             "web-nat-1", "web-nat-2"]
-    made: list[str] = []
-    try:
-        for n in names:
-            _ip("netns", "add", n)
-            made.append(n)
-            _ip("-n", n, "link", "set", "lo", "up")
+    def wire(stack: ExitStack) -> None:
         _ip("-n", "client", "link", "add", "eth0", "type", "veth", "peer", "name", "front",
             "netns", "director-a")
         _ip("-n", "client", "addr", "add", "192.0.2.100/24", "dev", "eth0")
@@ -120,9 +122,7 @@ def demo_site() -> int:
         _ip("-n", "director-a", "addr", "add", "192.0.2.1/24", "dev", "front")
         _ip("-n", "director-a", "link", "set", "front", "up")
         _ip("-n", "director-a", "-6", "route", "add", "default", "dev", "front")  # web6's VIP
-        _ip("-n", "director-a", "link", "add", "br0", "type", "bridge")
-        _ip("-n", "director-a", "addr", "add", "198.51.100.1/24", "dev", "br0")
-        _ip("-n", "director-a", "link", "set", "br0", "up")
+        _director_bridge("director-a")
         # A device to route VIPs to, with an address of its own: removing a device's last
         # IPv4 address (a VIP) makes the kernel flush the routes through it.
         for i, n in enumerate(("director-b", "real-1", "real-2", "real-3"), start=2):
@@ -131,23 +131,12 @@ def demo_site() -> int:
             _ip("-n", n, "link", "set", "eth0", "up")
             _ip("-n", n, "route", "add", "default", "dev", "eth0")
             _ip("-n", n, "-6", "route", "add", "default", "dev", "eth0")
-        with ExitStack() as stack:
-            for i, n in ((11, "web-nat-1"), (12, "web-nat-2")):
-                _ip("-n", "director-a", "link", "add", f"to-{n}", "type", "veth", "peer",
-                    "name", "eth0", "netns", n)
-                _ip("-n", "director-a", "link", "set", f"to-{n}", "master", "br0", "up")
-                _ip("-n", n, "addr", "add", f"198.51.100.{i}/24", "dev", "eth0")
-                _ip("-n", n, "link", "set", "eth0", "up")
-                _ip("-n", n, "route", "add", "default", "via", "198.51.100.1")
-                stack.enter_context(who_http(Netns(n), 8080, n))
-            print("READY", flush=True)
-            deadline = time.monotonic() + 3600
-            while not stopping and time.monotonic() < deadline:
-                time.sleep(0.2)
-    finally:
-        for n in reversed(made):
-            subprocess.run(["ip", "netns", "del", n], capture_output=True, timeout=30)
-    return 0
+        for i, n in ((11, "web-nat-1"), (12, "web-nat-2")):
+            _real_server("director-a", f"to-{n}", n, f"198.51.100.{i}")
+            stack.enter_context(who_http(Netns(n), 8080, n))
+
+    return _run_site(["client", "director-a", "director-b", "real-1", "real-2", "real-3",
+                      "web-nat-1", "web-nat-2"], wire)
 
 
 def _client_socket(prefix: str, addr: str, port: int, timeout: float) -> socket.socket:

@@ -183,7 +183,9 @@ def test_node_heartbeat_recompiles_nothing():
     assert not w.state.compiler.take_changed_refs()
 
 
-def test_deletion_waits_for_the_agent_to_remove_the_kernel_state():
+def programmed_then_deleted() -> tuple[World, ObjectRef]:
+    """`web` programmed on dir-1, then `kubectl delete`d (deletionTimestamp set, finalizer
+    still on), and the plan without it published."""
     w = small_world()
     w.agent_applies("dir-1")
     w.round()
@@ -192,6 +194,11 @@ def test_deletion_waits_for_the_agent_to_remove_the_kernel_state():
     doc["metadata"]["deletionTimestamp"] = "2026-11-21T00:00:00Z"
     w.apply(doc)
     w.round()
+    return w, ref
+
+
+def test_deletion_waits_for_the_agent_to_remove_the_kernel_state():
+    w, ref = programmed_then_deleted()
     assert w.plans["dir-1"]["metadata"]["generation"] == 2
     assert assemble_plan(w.plans["dir-1"]["spec"], w.shards).director.services == ()
     assert w.state.finalizable() == []  # the agent has not applied it yet
@@ -200,14 +207,7 @@ def test_deletion_waits_for_the_agent_to_remove_the_kernel_state():
 
 
 def test_deletion_does_not_wait_forever_for_a_dead_agent():
-    w = small_world()
-    w.agent_applies("dir-1")
-    w.round()
-    ref = ObjectRef("VirtualService", "default", "web")
-    doc = copy.deepcopy(w.objects[ref])
-    doc["metadata"]["deletionTimestamp"] = "2026-11-21T00:00:00Z"
-    w.apply(doc)
-    w.round()
+    w, ref = programmed_then_deleted()
     w.clock += 3600  # no report for an hour
     [(done, note)] = w.state.finalizable()
     assert done == ref and "dir-1" in note
