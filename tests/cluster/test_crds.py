@@ -84,3 +84,7 @@ def test_printer_columns_and_short_names(crds: LocalControlPlane):
                             "virtualservice.lvs.dev/web-nat"]
     explained = crds.kubectl("explain", "virtualservice.spec.forwarding.method").stdout
     assert "NAT, DR, TUN or FULLNAT" in explained
+    # Leave no VirtualService behind: later tests run the operator on this API server, and
+    # this one's VIP:port would (rightly) win a conflict against the demo's newer copy.
+    crds.kubectl("delete", "-n", "columns", "-f",
+                 str(ROOT / "examples" / "nat-wrr-portmap" / "virtualservice.yaml"))

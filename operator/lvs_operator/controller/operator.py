@@ -132,8 +132,9 @@ class Operator:
         statuses, events = self.state.status_writes()
         await asyncio.gather(*(self._write_status(s) for s in statuses))
         await asyncio.gather(*(self._post_event(e) for e in events))
-        for ref, note in self.state.finalizable():
-            await self._remove_finalizer(ref, note)
+        await asyncio.gather(
+            *(self._remove_finalizer(ref, note) for ref, note in self.state.finalizable())
+        )
         if failed:
             log.warning("could not publish plans for %s; retrying", ", ".join(failed))
 
