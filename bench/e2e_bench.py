@@ -28,7 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.harness.controlplane import LocalControlPlane  # noqa: E402
-from tests.harness.lvs_install import SYSTEM_NS, HostOperator, agent_argv, install  # noqa: E402
+from tests.harness.lvs_install import (  # noqa: E402
+    SYSTEM_NS,
+    HostOperator,
+    agent_argv,
+    install,
+    programmed,
+)
 from tests.harness.vm import GuestVM  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -59,17 +65,6 @@ def manifests(ns: str, n: int) -> list[dict[str, Any]]:
             },
         })
     return docs
-
-
-def programmed(cp: LocalControlPlane, ns: str) -> tuple[int, int]:
-    out = json.loads(cp.kubectl("get", "virtualservices", "-n", ns, "-o", "json",
-                                timeout=300).stdout)
-    done = sum(
-        1 for item in out["items"]
-        if any(c["type"] == "Programmed" and c["status"] == "True"
-               for c in (item.get("status") or {}).get("conditions") or ())
-    )
-    return done, len(out["items"])
 
 
 def rss_mb(status_text: str) -> float:
@@ -150,7 +145,7 @@ def measure(cp: LocalControlPlane, guest: GuestVM, operator: HostOperator, n: in
     t_created = time.monotonic() - t0
     done = 0
     while time.monotonic() - t0 < timeout:
-        done, total = programmed(cp, ns)
+        done, total, _ = programmed(cp, ns)
         if total == n and done == n:
             break
         time.sleep(0.2 if n < 100 else 1.0)

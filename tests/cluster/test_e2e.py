@@ -84,8 +84,7 @@ class Site:
         return bool(status.get("observedGeneration") == plan["metadata"]["generation"])
 
     def ipvs(self) -> list[str]:
-        out = self.guest.run([*LAB, "kernel", f"{PREFIX}-dir"], timeout=60).stdout
-        lines: list[str] = json.loads(out)["ipvs"]
+        lines: list[str] = self.kernel()["ipvs"]
         return lines
 
     def kernel(self) -> dict[str, Any]:

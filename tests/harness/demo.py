@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from .controlplane import LocalControlPlane
-from .lvs_install import REPO, SYSTEM_NS, HostOperator, agent_argv, install
+from .lvs_install import REPO, SYSTEM_NS, HostOperator, agent_argv, install, programmed
 from .vm import GuestVM
 
 NODES = ("director-a", "director-b", "real-1", "real-2", "real-3")
@@ -37,22 +37,6 @@ def step(text: str) -> None:
 
 def note(text: str) -> None:
     print(f"    {text}", flush=True)
-
-
-def _programmed(cp: LocalControlPlane, names: list[str]) -> tuple[int, int, list[str]]:
-    """How many of the examples' VirtualServices (in `default`) are Programmed."""
-    out = json.loads(cp.kubectl("get", "virtualservices", "-n", "default", *names,
-                                "-o", "json").stdout)
-    items = out.get("items", [out])
-    done, waiting = 0, []
-    for item in items:
-        conds = {c["type"]: c for c in (item.get("status") or {}).get("conditions") or ()}
-        prog = conds.get("Programmed", {})
-        if prog.get("status") == "True":
-            done += 1
-        else:
-            waiting.append(f"{item['metadata']['name']}: {prog.get('reason', 'no status yet')}")
-    return done, len(items), waiting
 
 
 def run_demo(requests: int = 12, timeout: float = 300.0) -> int:
@@ -102,7 +86,7 @@ def demo_in(cp: LocalControlPlane, guest: GuestVM, *, requests: int = 12,
             deadline = time.monotonic() + timeout
             last = ""
             while True:
-                done, total, waiting = _programmed(cp, names)
+                done, total, waiting = programmed(cp, "default", names)
                 line = f"{done}/{total} programmed"
                 if line != last:
                     note(line)

@@ -6,8 +6,10 @@ end-to-end tests, `make demo` and `make bench-e2e`.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from .controlplane import LocalControlPlane
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_NS = "lvs-system"
 
-__all__ = ["REPO", "SYSTEM_NS", "HostOperator", "agent_argv", "install"]
+__all__ = ["REPO", "SYSTEM_NS", "HostOperator", "agent_argv", "install", "programmed"]
 
 
 def install(cp: LocalControlPlane) -> Path:
@@ -40,6 +42,24 @@ def install(cp: LocalControlPlane) -> Path:
     ]
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
     return cp.service_account_kubeconfig(SYSTEM_NS, "lvs-operator")
+
+
+def programmed(cp: LocalControlPlane, namespace: str, names: Sequence[str] = (),
+               timeout: float = 300.0) -> tuple[int, int, list[str]]:
+    """(Programmed, total, "name: reason" of the others) for the VirtualServices in
+    `namespace`, or only those named."""
+    out = json.loads(cp.kubectl("get", "virtualservices", "-n", namespace, *names, "-o", "json",
+                                timeout=timeout).stdout)
+    items = out.get("items", [out])
+    done, waiting = 0, []
+    for item in items:
+        conds = {c["type"]: c for c in (item.get("status") or {}).get("conditions") or ()}
+        prog = conds.get("Programmed", {})
+        if prog.get("status") == "True":
+            done += 1
+        else:
+            waiting.append(f"{item['metadata']['name']}: {prog.get('reason', 'no status yet')}")
+    return done, len(items), waiting
 
 
 def agent_argv(node: str, kubeconfig: str, *, netns: str | None = None,
