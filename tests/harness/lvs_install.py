@@ -15,7 +15,15 @@ from typing import Any
 
 import yaml
 
-from lvs_operator.api.rbac import AGENT_RULES, OPERATOR_RULES, cluster_role, cluster_role_binding
+from lvs_operator.api.rbac import (
+    AGENT_RULES,
+    OPERATOR_LEADER_ELECTION_RULES,
+    OPERATOR_RULES,
+    cluster_role,
+    cluster_role_binding,
+    role,
+    role_binding,
+)
 
 from .controlplane import LocalControlPlane
 
@@ -39,6 +47,9 @@ def install(cp: LocalControlPlane) -> Path:
         cluster_role("lvs-agent", AGENT_RULES),
         cluster_role_binding("lvs-operator", "lvs-operator", subjects("lvs-operator")),
         cluster_role_binding("lvs-agent", "lvs-agent", subjects("lvs-agent")),
+        role("lvs-operator-leader-election", SYSTEM_NS, OPERATOR_LEADER_ELECTION_RULES),
+        role_binding("lvs-operator-leader-election", SYSTEM_NS, "lvs-operator-leader-election",
+                     subjects("lvs-operator")),
     ]
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
     return cp.service_account_kubeconfig(SYSTEM_NS, "lvs-operator")

@@ -11,7 +11,15 @@ from typing import Any
 
 from .objects import API_GROUP
 
-__all__ = ["AGENT_RULES", "OPERATOR_RULES", "cluster_role", "cluster_role_binding"]
+__all__ = [
+    "AGENT_RULES",
+    "OPERATOR_LEADER_ELECTION_RULES",
+    "OPERATOR_RULES",
+    "cluster_role",
+    "cluster_role_binding",
+    "role",
+    "role_binding",
+]
 
 _READ = ["get", "list", "watch"]
 
@@ -53,6 +61,12 @@ OPERATOR_RULES: list[dict[str, Any]] = [
      "verbs": _READ},
 ]
 
+# Namespaced, in the operator's own namespace: the Lease that makes one replica the active one.
+OPERATOR_LEADER_ELECTION_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+     "verbs": ["get", "create", "update", "patch"]},
+]
+
 
 def cluster_role(name: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
     return {
@@ -69,5 +83,25 @@ def cluster_role_binding(name: str, role: str, subjects: list[dict[str, Any]]) -
         "kind": "ClusterRoleBinding",
         "metadata": {"name": name},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": subjects,
+    }
+
+
+def role(name: str, namespace: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name, "namespace": namespace},
+        "rules": rules,
+    }
+
+
+def role_binding(name: str, namespace: str, role_name: str,
+                 subjects: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
         "subjects": subjects,
     }
