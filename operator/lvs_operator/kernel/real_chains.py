@@ -11,8 +11,10 @@ writing, so kube-proxy's, a CNI's or a human's rules and chains survive every ca
 - `read` reports the hook only when that single commented jump is the only way into the chain;
   any other arrangement reads back with `hook=""`, which differs from every plan and makes the
   agent repair it with `replace`.
-- The flavour (nft or legacy) is the one the host's `iptables` binary reports (`iptables -V`);
-  the flavour-specific binaries (`iptables-nft-restore`, ...) are then used so that a later
+- The flavour (nft or legacy) is the one the host's rules say is in use
+  (`detect_host_flavour`, the way Kubernetes' iptables-wrapper decides it), not the one the
+  `iptables` binary on PATH was built for: in the agent's container that is the image's.
+  The flavour-specific binaries (`iptables-nft-restore`, ...) are then used so that a later
   alternatives switch cannot split our state across two backends.
 - `canonical` is a deterministic rewrite into what `iptables-save` prints (see
   `canonical_rule`), verified against the kernel by the contract suite. As a safety net,
@@ -28,7 +30,7 @@ import logging
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ..compiler.render import JUMP_COMMENT
@@ -43,9 +45,14 @@ from .netstate import ChainSpec
 
 __all__ = [
     "JUMP_COMMENT",
+    "FlavourChoice",
     "IptablesChains",
     "canonical_rule",
+    "choose_flavour",
+    "count_rules",
     "detect_flavour",
+    "detect_host_flavour",
+    "hint_chains",
     "parse_save",
     "restore_line",
     "split_rule",
@@ -434,14 +441,165 @@ def _translate(shown: str, rc: int, stderr: str, stdin: str | None, what: str) -
     return KernelError(msg)
 
 
-def detect_flavour(binary: str = "iptables", timeout: float = 10.0) -> str:
-    """ "nft" or "legacy": what `iptables -V` says the host's iptables uses."""
-    out = _run([binary, "-V"], timeout).strip()
-    if "(nf_tables)" in out:
+# ---------------------------------------------------------------------------------------
+# which backend the host uses
+
+
+def _version_flavour(text: str) -> str:
+    """ "nft", "legacy" or "" from `iptables -V` output ("iptables v1.8.9 (nf_tables)")."""
+    if "(nf_tables)" in text:
         return "nft"
-    if "(legacy)" in out:
+    if "(legacy)" in text:
         return "legacy"
-    raise KernelUnavailable(f"cannot tell the iptables flavour from {binary} -V: {out!r}")
+    return ""
+
+
+def detect_flavour(binary: str = "iptables", timeout: float = 10.0) -> str:
+    """ "nft" or "legacy": what `iptables -V` says *this binary* uses. In a container that is
+    the image's default, which says nothing about the host; see `detect_host_flavour`."""
+    out = _run([binary, "-V"], timeout).strip()
+    flavour = _version_flavour(out)
+    if not flavour:
+        raise KernelUnavailable(f"cannot tell the iptables flavour from {binary} -V: {out!r}")
+    return flavour
+
+
+# Chains kubelet (1.17 and later) creates in the mangle table of the backend the host uses:
+# KUBE-IPTABLES-HINT exists only to be found by tools like this one, KUBE-KUBELET-CANARY is
+# how kubelet notices its rules being flushed (it is in nat and filter too).
+KUBELET_HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
+
+
+class FlavourChoice(NamedTuple):
+    flavour: str  # "nft" or "legacy"
+    reason: str  # why, for the log: "KUBE-IPTABLES-HINT in nft mangle"
+
+
+def hint_chains(saves: Iterable[str]) -> list[str]:
+    """The kubelet hint chains declared in the mangle table of these iptables-save outputs
+    (several outputs, or several tables in one, may be given), in the order found."""
+    found: list[str] = []
+    for text in saves:
+        table = ""
+        for raw in text.splitlines():
+            line = raw.strip()
+            if line.startswith("*"):
+                table = line[1:]
+            elif table == "mangle" and line.startswith(":"):
+                name = line[1:].split(maxsplit=1)[0] if len(line) > 1 else ""
+                if name in KUBELET_HINT_CHAINS and name not in found:
+                    found.append(name)
+    return found
+
+
+def count_rules(saves: Iterable[str]) -> int:
+    """Rule lines (`-A ...`; upstream counts every line starting with '-') in all tables of
+    these iptables-save outputs."""
+    return sum(1 for text in saves for line in text.splitlines() if line.startswith("-"))
+
+
+def choose_flavour(
+    nft_mangle: Sequence[str],
+    legacy: Sequence[str] = (),
+    nft: Sequence[str] = (),
+    version: str = "",
+) -> FlavourChoice:
+    """The backend the host uses, from what its rules show (pure; `detect_host_flavour` runs
+    the binaries). Each argument holds the outputs of the IPv4 and the IPv6 tool:
+
+    - `nft_mangle`: `iptables-nft-save -t mangle`, `ip6tables-nft-save -t mangle`
+    - `legacy`: `iptables-legacy-save`, `ip6tables-legacy-save` (every existing table)
+    - `nft`: `iptables-nft-save`, `ip6tables-nft-save` (every table)
+    - `version`: `iptables -V`
+
+    The rules are those of Kubernetes' iptables wrapper, the script that
+    kubernetes-sigs/iptables-wrappers' `iptables-wrapper-installer.sh` installs, as of commit
+    70d7897da19aad7749b4f7ae46cb51e3c07c95b9 ("Try to resolve nft/legacy based on
+    KUBE-IPTABLES-HINT / KUBE-KUBELET-CANARY first", 2022; kept when it became Go in
+    680003b3, where pkg/xtables/detect.go has the hint steps today):
+    https://github.com/kubernetes-sigs/iptables-wrappers/blob/70d7897da19aad7749b4f7ae46cb51e3c07c95b9/iptables-wrapper-installer.sh
+    1. a kubelet hint chain (KUBE-IPTABLES-HINT, KUBE-KUBELET-CANARY) in nft's mangle table
+       (IPv4 or IPv6): nft;
+    2. else one in legacy's mangle table: legacy (the wrapper greps the whole legacy save;
+       kubelet creates both chains in mangle, so looking there is enough);
+    3. else the backend with more rules (lines starting with '-', IPv4 and IPv6 counted
+       together) wins: "some non-containerized process (possibly kubelet) will have created
+       _some_ iptables rules";
+    4. on a tie (an empty host, a fresh namespace) the wrapper says nft; here the flavour
+       `iptables -V` reports decides, as before this detection existed, and nft only when
+       that says nothing either.
+    """
+    hints = hint_chains(nft_mangle)
+    if hints:
+        return FlavourChoice("nft", f"{', '.join(hints)} in nft mangle")
+    hints = hint_chains(legacy)
+    if hints:
+        return FlavourChoice("legacy", f"{', '.join(hints)} in legacy mangle")
+    n_legacy, n_nft = count_rules(legacy), count_rules(nft)
+    counts = f"legacy {n_legacy}, nft {n_nft} rules, IPv4 and IPv6"
+    if n_legacy != n_nft:
+        winner = "legacy" if n_legacy > n_nft else "nft"
+        return FlavourChoice(winner, f"no kubelet hint chains; {winner} has more rules ({counts})")
+    said = _version_flavour(version)
+    if said:
+        return FlavourChoice(
+            said,
+            f"no kubelet hint chains, as many rules in both ({counts}); `iptables -V` "
+            f"says {version.strip()}",
+        )
+    return FlavourChoice(
+        "nft",
+        f"no kubelet hint chains, as many rules in both ({counts}), `iptables -V` "
+        f"unreadable ({version.strip()!r}); nft, as iptables-wrappers defaults",
+    )
+
+
+def detect_host_flavour(netns: str | None = None, timeout: float = 30.0) -> FlavourChoice:
+    """`choose_flavour` over what the iptables binaries show in `netns` (None: the agent's
+    own, which with hostNetwork is the host's). Best effort like the wrapper: a save that
+    fails counts as empty and is named in the reason; only a missing namespace or missing
+    privileges raise (every later call would fail the same way)."""
+    unread: list[str] = []
+
+    def save(flavour: str, *args: str) -> list[str]:
+        outs: list[str] = []
+        for base in ("iptables", "ip6tables"):
+            argv = [f"{base}-{flavour}-save", *args]
+            cmd = ["ip", "netns", "exec", netns, *argv] if netns else argv
+            try:
+                outs.append(_run(cmd, timeout))
+            except (NotFound, PermissionDenied):
+                raise
+            except KernelError as exc:
+                unread.append(str(exc))
+        return outs
+
+    # nft first and only its mangle table: cheap, and on a Kubernetes node with nft (the
+    # common case) the answer.
+    nft_mangle = save("nft", "-t", "mangle")
+    if hint_chains(nft_mangle):
+        choice = choose_flavour(nft_mangle)
+    else:
+        # Legacy is read whole, never with `-t mangle`: iptables-legacy-save -t TABLE asks the
+        # kernel for that table by name, which autoloads iptable_mangle and instantiates the
+        # table in the namespace if it did not exist (we would create legacy state while
+        # trying to find out whether there is any; seen on this project's hosts: a fresh
+        # namespace lists "mangle" in /proc/net/ip_tables_names afterwards, and
+        # iptables-nft-save starts warning "iptables-legacy tables present"). Without -t it
+        # dumps only the tables listed in /proc/net/ip_tables_names, i.e. those that exist.
+        # The wrapper says the same: "We can't pass "-t mangle" to iptables-legacy-save
+        # because it would cause the kernel to create that table".
+        legacy = save("legacy")
+        nft = save("nft")  # nft-save never creates tables, with or without -t
+        try:
+            version = _run(["iptables", "-V"], timeout)
+        except KernelError as exc:
+            version = ""
+            unread.append(str(exc))
+        choice = choose_flavour(nft_mangle, legacy, nft, version)
+    if unread:
+        choice = choice._replace(reason=f"{choice.reason} (unreadable: {'; '.join(unread)})")
+    return choice
 
 
 class IptablesChains:
@@ -455,7 +613,8 @@ class IptablesChains:
         self.netns = netns
         self.timeout = timeout
         self._flavour = flavour
-        self._flavours: dict[int, str] = {}
+        self.flavour_reason = "given" if flavour is not None else ""  # why, once known
+        self._plain_checked: set[int] = set()  # families whose unpinned binaries match
         # rules whose read-back differed from canonical_rule(): {(family, rule): as saved}
         self.rewrite_misses: dict[tuple[int, tuple[str, ...]], tuple[str, ...]] = {}
         self.other_backend_in_use = False  # nft flavour, and iptables-legacy has rules too
@@ -509,19 +668,33 @@ class IptablesChains:
 
     # flavour and binaries -------------------------------------------------------------
     def flavour(self, family: int = 4) -> str:
-        """The backend in use for `family`, detected once."""
-        if self._flavour is not None:
-            return self._flavour
-        if family not in self._flavours:
-            self._flavours[family] = detect_flavour(_base(family), self.timeout)
-        return self._flavours[family]
+        """The backend in use, the one given or else detected once from the host's rules
+        (`detect_host_flavour`; one answer for IPv4 and IPv6, as kubelet and the wrapper
+        use one backend for both) and logged with the reason."""
+        _base(family)  # a family that is neither 4 nor 6 is an error either way
+        if self._flavour is None:
+            choice = detect_host_flavour(self.netns, self.timeout)
+            where = f" (network namespace {self.netns})" if self.netns else ""
+            log.info("iptables flavour %s%s: %s", choice.flavour, where, choice.reason)
+            self._flavour, self.flavour_reason = choice
+        return self._flavour
 
     def binary(self, family: int, verb: str) -> str:
-        """iptables-nft-restore and friends; the plain name where the pinned one is absent
-        (it is then the one `iptables -V` described)."""
-        pinned = f"{_base(family)}-{self.flavour(family)}-{verb}"
+        """iptables-nft-restore and friends; the plain name where the pinned one is absent,
+        provided `iptables -V` says that one is the same flavour (else KernelUnavailable:
+        the other backend's binary would read and write the wrong tables)."""
+        flavour = self.flavour(family)
+        pinned = f"{_base(family)}-{flavour}-{verb}"
         if shutil.which(pinned):
             return pinned
+        if family not in self._plain_checked:
+            plain = detect_flavour(_base(family), self.timeout)
+            if plain != flavour:
+                raise KernelUnavailable(
+                    f"the host's iptables is {flavour} but {pinned} is not installed and "
+                    f"{_base(family)} is {plain} (Debian package {_PACKAGE})"
+                )
+            self._plain_checked.add(family)
         return f"{_base(family)}-{verb}"
 
     # internals ------------------------------------------------------------------------

@@ -358,19 +358,29 @@ _SYSCTL_MODULES = (
 _TUNNEL_MODULES = {"tunl0": "ipip", "gre0": "ip_gre", "ip6tnl0": "ip6_tunnel", "ip6gre0": "ip6_gre"}
 
 
+PROC_SYS = Path("/proc/sys")
+
+
 class ProcSysctls:
     """Dotted keys (net.ipv4.ip_forward) read and written under /proc/sys, from inside the
-    namespace: the net.* tree there belongs to the namespace of whoever looks it up."""
+    namespace: the net.* tree there belongs to the namespace of whoever looks it up.
 
-    def __init__(self, netns: str | None = None) -> None:
+    `root` is where that tree is mounted. In a container that is not privileged /proc/sys is
+    read-only, so the Helm chart mounts the host's /proc/sys/net (a hostPath, as Cilium does)
+    at /host/proc/sys/net and the agent gets `--proc-sys /host/proc/sys`. A bind mount of
+    /proc/sys/net still resolves names in the looking task's network namespace, which is why
+    the path is opened after entering `netns`, whatever the root."""
+
+    def __init__(self, netns: str | None = None, root: Path = PROC_SYS) -> None:
         self.netns = netns
+        self.root = Path(root)
         with entered(netns):  # fail now, not at the first get, if it does not exist
             pass
 
     def get(self, key: str) -> str | None:
         """The value with runs of whitespace as one space (`ip_local_port_range` reads back
         "32768\\t60999"), or None when the key does not exist."""
-        path = _sysctl_path(key)
+        path = _sysctl_path(key, self.root)
         with entered(self.netns):
             try:
                 text = path.read_text()
@@ -383,13 +393,15 @@ class ProcSysctls:
     def set(self, key: str, value: str) -> None:
         """Write it; NotFound (naming the module or device that would provide the key) if the
         key does not exist, InvalidArgument if the kernel rejects the value."""
-        path = _sysctl_path(key)
+        path = _sysctl_path(key, self.root)
         with entered(self.netns):
             try:
                 fd = os.open(path, os.O_WRONLY)  # no O_CREAT: /proc/sys has what it has
             except FileNotFoundError as exc:
-                raise NotFound(_missing_sysctl(key)) from exc
+                raise NotFound(_missing_sysctl(key, self.root)) from exc
             except OSError as exc:
+                if exc.errno == errno.EROFS:
+                    raise PermissionDenied(_read_only_sysctl(key, path, self.root)) from exc
                 raise _kernel_error(f"open sysctl {key}", exc) from exc
             try:
                 os.write(fd, f"{value}\n".encode())
@@ -399,29 +411,51 @@ class ProcSysctls:
                 os.close(fd)
 
 
-def _sysctl_path(key: str) -> Path:
+def _sysctl_path(key: str, root: Path = PROC_SYS) -> Path:
     """net.ipv4.conf.eth0/100.rp_filter -> /proc/sys/net/ipv4/conf/eth0.100/rp_filter (as in
-    sysctl(8), a '/' in a dotted key stands for a '.' in a device name)."""
+    sysctl(8), a '/' in a dotted key stands for a '.' in a device name), under `root`."""
     parts = [p.replace("/", ".") for p in key.split(".")]
     if not key or any(p in ("", ".", "..") for p in parts):
         raise InvalidArgument(f"{key!r} is not a sysctl key")
-    return Path("/proc/sys", *parts)
+    return Path(root, *parts)
 
 
-def _missing_sysctl(key: str) -> str:
+def _read_only_sysctl(key: str, path: Path, root: Path) -> str:
+    """EROFS: the usual cause is a container, whose /proc/sys is mounted read-only."""
+    chart = (
+        "the Helm chart mounts the host's /proc/sys/net read-write at /host/proc/sys/net "
+        "(a hostPath)"
+    )
+    if Path(root) == PROC_SYS:
+        advice = f"{chart}; start lvs-agent with --proc-sys /host/proc/sys"
+    else:
+        advice = f"--proc-sys {root} is mounted read-only; {chart}"
+    return (
+        f"sysctl {key}: {path} is on a read-only file system (as /proc/sys is in a container "
+        f"that is not privileged): {advice}"
+    )
+
+
+def _missing_sysctl(key: str, root: Path = PROC_SYS) -> str:
     """Why a key is missing, as far as its name tells."""
     parts = key.split(".")
+    top = Path(root, parts[0])
+    if Path(root) != PROC_SYS and not top.is_dir():  # a wrong --proc-sys, or no hostPath
+        return (
+            f"sysctl {key} does not exist: there is no {top} (is the host's /proc/sys/"
+            f"{parts[0]} mounted under {root}? see --proc-sys)"
+        )
     if len(parts) >= 5 and parts[0] == "net" and parts[2] == "conf":
         device = parts[3].replace("/", ".")
         if (
             device not in ("all", "default")
-            and not Path("/proc/sys", parts[0], parts[1], "conf", device).exists()
+            and not Path(root, parts[0], parts[1], "conf", device).exists()
         ):
             module = _TUNNEL_MODULES.get(device)
             made_by = f" (made by the {module} module's tunnel device)" if module else ""
             return f"sysctl {key} does not exist: no device {device} here{made_by}"
     for prefix, module, probe in _SYSCTL_MODULES:
-        if key.startswith(prefix) and not Path("/proc/sys", probe).exists():
+        if key.startswith(prefix) and not Path(root, probe).exists():
             return (
                 f"sysctl {key} does not exist: it comes from the {module} module, "
                 "which is not loaded"
