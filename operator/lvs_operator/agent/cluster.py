@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from ..api.objects import API_GROUP
 from ..compiler.plan import PLAN_FORMAT_VERSION, NodePlan, plan_from_dict
 from ..compiler.shards import PublishedPlan, ShardError, merge_plans
+from ..observability import AgentMetrics
 from .cache import CachingKernel
 from .reconcile import InSync, Kernel, ReconcileReport, reconcile
 from .state import AgentState
@@ -512,7 +513,10 @@ class ClusterAgent:
     then waits for a watch event or the next deadline; `run()` steps until `stop()`.
 
     Time comes from `clock` (monotonic, for deadlines), `wall` (timestamps in the status) and
-    `sleep`, so tests drive the loop without waiting."""
+    `sleep`, so tests drive the loop without waiting.
+
+    `metrics` (lvs_agent_* series) is advanced after every pass; `liveness()` and
+    `readiness()` are the health server's checks (read from its thread)."""
 
     def __init__(
         self,
@@ -530,6 +534,7 @@ class ClusterAgent:
         sleep: Callable[[float], None] = time.sleep,
         backoff: Callable[[], Backoff] = Backoff,
         identity: str | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -542,6 +547,9 @@ class ClusterAgent:
         self._persist = persist
         self._on_report = on_report
         self._clock, self._wall, self._sleep_fn = clock, wall, sleep
+        self.metrics = metrics if metrics is not None else AgentMetrics()
+        self._alive_at = clock()  # when the loop last stepped or a pass started or ended
+        self._in_pass = False
         self._caching = CachingKernel(kernel)
         self._in_sync: InSync = {}
 
@@ -599,7 +607,29 @@ class ClusterAgent:
             pass
         log.info("stopping; the kernel is left as it is")
 
+    def liveness(self) -> tuple[bool, str]:
+        """Healthy while the loop steps, or a pass runs, within max(3 x interval, 60 s)."""
+        limit = max(3 * self.interval, 60.0)
+        idle = self._clock() - self._alive_at
+        if idle > limit:
+            what = "a reconcile pass has been running" if self._in_pass else (
+                "the agent loop has not run")
+            return False, f"{what} for {idle:.0f} s (limit {limit:.0f} s)"
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready after the first completed pass, or when there is no NodePlan to apply."""
+        if self._report is not None:
+            return True, f"generation {self.applied_generation} applied"
+        latest = self._latest
+        if latest is not None:
+            return False, f"generation {latest.generation} not applied yet"
+        if self._rv is not None:
+            return True, f"no NodePlan for node {self.node} yet"
+        return False, f"NodePlan {self.node} not read yet"
+
     def step(self) -> None:
+        self._alive_at = self._clock()
         if self._rv is None and self._clock() >= self._api_retry_at:
             self._list()
         if self._pending and self._clock() >= self._retry_at:
@@ -786,20 +816,28 @@ class ClusterAgent:
         if plan is None:
             return
         now = self._clock()
-        if full:
-            self._caching.refresh()
-            self._in_sync.clear()
-            due = (self._next_full if self._next_full is not None else now) + self.interval
-            self._next_full = due if due > now else now + self.interval
-        started = time.monotonic()
-        report = reconcile(
-            plan,
-            self._caching.view,
-            self._state,
-            dry_run=self.dry_run,
-            persist=None if self.dry_run else self._persist,
-            in_sync=self._in_sync,
-        )
+        began = time.monotonic()
+        self._alive_at, self._in_pass = now, True
+        try:
+            if full:
+                self._caching.refresh()
+                self._in_sync.clear()
+                due = (self._next_full if self._next_full is not None else now) + self.interval
+                self._next_full = due if due > now else now + self.interval
+            started = time.monotonic()
+            report = reconcile(
+                plan,
+                self._caching.view,
+                self._state,
+                dry_run=self.dry_run,
+                persist=None if self.dry_run else self._persist,
+                in_sync=self._in_sync,
+            )
+        finally:
+            self._alive_at, self._in_pass = self._clock(), False
+        self.metrics.observe_pass(full=full, seconds=time.monotonic() - began,
+                                  failed=bool(report.failures),
+                                  generation=self.applied_generation)
         if report.steps or report.failures:
             log.info("%s pass of generation %d: %s in %.2f s", "full" if full else "cached",
                      self.applied_generation, report.summary(), time.monotonic() - started)

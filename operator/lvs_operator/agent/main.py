@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from ..compiler.plan import NodePlan, plan_from_dict
+from ..observability import HealthServer, address_arg
 from .cache import CachingKernel
 from .cluster import ClusterAgent, PlanSourceError, kubernetes_plan_source
 from .reconcile import InSync, Kernel, ReconcileReport, reconcile
@@ -67,10 +68,14 @@ def load_plan(path: Path, node: str) -> NodePlan:
         raise PlanFileError(f"{path}: plan for {node} is malformed: {exc}") from exc
 
 
-def real_kernel(netns: str | None, iptables: str = "auto") -> Kernel:
+def real_kernel(
+    netns: str | None, iptables: str = "auto", proc_sys: Path = Path("/proc/sys")
+) -> Kernel:
     """The real adapters, optionally inside a named network namespace. `iptables` names the
-    host's flavour (nft or legacy); "auto" asks the iptables found on PATH, which inside a
-    container is the image's, not necessarily the host's."""
+    host's flavour (nft or legacy); "auto" detects it from the host's rules the way
+    Kubernetes' iptables-wrapper does (real_chains.detect_host_flavour), not from the image's
+    `iptables -V`. `proc_sys` is where the host's /proc/sys is mounted (/host/proc/sys when
+    /proc/sys/net is a hostPath in a container that is not privileged)."""
     from ..kernel.real_chains import IptablesChains
     from ..kernel.real_ipset import NetlinkIPSets
     from ..kernel.real_ipvs import NetlinkIPVS
@@ -81,7 +86,7 @@ def real_kernel(netns: str | None, iptables: str = "auto") -> Kernel:
         ipsets=NetlinkIPSets(netns),
         chains=IptablesChains(netns, flavour=None if iptables == "auto" else iptables),
         addresses=NetlinkAddresses(netns),
-        sysctls=ProcSysctls(netns),
+        sysctls=ProcSysctls(netns, root=proc_sys),
         tunnels=NetlinkTunnels(netns),
     )
 
@@ -154,10 +159,28 @@ def _parser() -> argparse.ArgumentParser:
         "--iptables",
         choices=("auto", "nft", "legacy"),
         default="auto",
-        help="the host's iptables flavour for the owned chains; auto asks `iptables "
-        "-V` (in a container, set it to what the host uses)",
+        help="the host's iptables flavour for the owned chains; auto detects it from the "
+        "host's rules like Kubernetes' iptables-wrapper (kubelet's KUBE-IPTABLES-HINT / "
+        "KUBE-KUBELET-CANARY chains, else the backend with more rules, else `iptables -V`) "
+        "and logs which and why",
+    )
+    p.add_argument(
+        "--proc-sys",
+        type=Path,
+        default=Path("/proc/sys"),
+        metavar="PATH",
+        help="where the host's /proc/sys is mounted, e.g. /host/proc/sys when /proc/sys/net "
+        "is a hostPath in a container (default /proc/sys)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--health-address",
+        metavar="HOST:PORT",
+        type=address_arg,
+        default=None,
+        help="cluster mode: serve /healthz, /readyz and /metrics here, e.g. 0.0.0.0:9474 "
+        "(default: none)",
+    )
     return p
 
 
@@ -191,7 +214,7 @@ def _cluster_main(args: argparse.Namespace) -> int:
     agent = ClusterAgent(
         args.node,
         source,
-        real_kernel(args.netns, args.iptables),
+        real_kernel(args.netns, args.iptables, args.proc_sys),
         state,
         interval=args.interval,
         dry_run=args.dry_run,
@@ -202,9 +225,25 @@ def _cluster_main(args: argparse.Namespace) -> int:
     def stop(_sig: int, _frame: FrameType | None) -> None:
         agent.stop()
 
+    server = None
+    if args.health_address is not None:
+        server = HealthServer(args.health_address, healthz=agent.liveness,
+                              readyz=agent.readiness, registry=agent.metrics.registry)
+        try:
+            server.start()
+        except OSError as exc:
+            host, port = args.health_address
+            print(f"lvs-agent: cannot serve on {host}:{port}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return EXIT_USAGE
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    agent.run()
+    try:
+        agent.run()
+    finally:
+        if server is not None:
+            server.stop()
     return EXIT_OK
 
 
@@ -224,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PlanFileError, ValueError) as exc:
         print(f"lvs-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    kernel = real_kernel(args.netns, args.iptables)
+    kernel = real_kernel(args.netns, args.iptables, args.proc_sys)
 
     def persist(s: AgentState) -> None:
         save_state(state_path, s)

@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 
 from ..api.objects import API_GROUP, ObjectRef
+from ..observability import OperatorMetrics
 from .kube import ApiError, KubeAPI, quote
 from .state import FINALIZER, ControllerState, EventRecord, StatusWrite
 
@@ -58,7 +59,11 @@ class Operator:
         retry_interval: float = 2.0,
         concurrency: int = 8,
         legacy_endpoints: bool = False,
+        metrics: OperatorMetrics | None = None,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
+        """`fence`, when given, is asked before every API call: False (this replica is not
+        the leader any more) refuses the call."""
         self.state = state
         self.api = api
         self.debounce = debounce
@@ -67,12 +72,17 @@ class Operator:
         self.wake = asyncio.Event()
         self._limit = asyncio.Semaphore(concurrency)
         self.rounds = 0
+        self.metrics = metrics if metrics is not None else OperatorMetrics()
+        self.fence = fence
+        self.publisher: asyncio.Task[None] | None = None  # run(), once started
         self._orphan_shards: set[str] = set()  # shards no NodePlan lists (an interrupted write)
 
     def watched(self) -> list[tuple[str, str, str, str, str]]:
         return [*WATCHED, LEGACY_ENDPOINTS] if self.legacy_endpoints else list(WATCHED)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.fence is not None and not self.fence():
+            raise ApiError(0, "this replica is not the leader (any more): not calling the API")
         async with self._limit:
             return await asyncio.to_thread(fn, *args)
 
@@ -119,6 +129,7 @@ class Operator:
         if not self.state.synced:
             return
         self.rounds += 1
+        self.metrics.publish_rounds.inc()
         writes, gone = self.state.plans_to_publish()
         results = await asyncio.gather(*(self._publish(w) for w in writes))
         failed = [w.node for w, ok in zip(writes, results, strict=True) if not ok]
@@ -145,6 +156,7 @@ class Operator:
                 *(self._upsert(SHARDS, name, spec) for name, spec in out.shards.items())
             )
             plan = await self._upsert(PLANS, node, out.spec)
+            self.metrics.nodeplans_written.inc()
             self.state.published(node, int(plan["metadata"].get("generation") or 0))
             for name in out.obsolete:
                 await self._call(self.api.delete, f"{SHARDS}/{quote(name)}")
@@ -277,7 +289,8 @@ def register_handlers(op: Operator) -> None:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         await op.initial_sync()
-        task.append(asyncio.create_task(op.run()))
+        op.publisher = asyncio.create_task(op.run())
+        task.append(op.publisher)
 
     @kopf.on.cleanup()
     async def cleanup(**_: Any) -> None:
