@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export LVS_CACHE ?= $(HOME)/.cache/lvs-operator
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv lint unit test demo plan bench-compile bench-kernel bench-e2e crds clean
+.PHONY: venv lint unit test demo plan bench-compile bench-kernel bench-e2e crds clean image kind-e2e
 
 $(STAMP): pyproject.toml
 	@echo ">> creating the Python environment in $(VENV) (pip cache makes repeat runs fast)"
@@ -53,9 +53,23 @@ bench-kernel: $(STAMP)
 bench-e2e: $(STAMP)
 	$(PY) bench/e2e_bench.py
 
-# Regenerate crds/ from the typed model (operator/lvs_operator/api/types.py).
+# Regenerate crds/ (and the chart's copy) from the typed model (operator/lvs_operator/api/types.py)
+# and the chart's RBAC rules from operator/lvs_operator/api/rbac.py.
+CHART := charts/lvs-operator
 crds: $(STAMP)
-	$(PY) -m lvs_operator.api.crd crds
+	$(PY) -m lvs_operator.api.crd crds $(CHART)/crds
+	$(PY) -m lvs_operator.api.rbac $(CHART)/files/rbac.yaml
+
+# The container image (Dockerfile): operator and agent, one image. Needs Docker.
+image:
+	docker build --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null) -t lvs-operator:dev .
+
+# The Helm chart on a throwaway kind cluster (1 control plane, 2 workers): image built and
+# loaded, chart installed, a NAT VirtualService programmed, requests through its VIP
+# (tests/kind/kind_e2e.py; KIND_E2E_FLAGS=--keep keeps the cluster, --dry-run only prints
+# the plan). Needs Docker; fails, naming the reason, where Docker does not run.
+kind-e2e: $(STAMP)
+	$(PY) -m tests.kind.kind_e2e $(KIND_E2E_FLAGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

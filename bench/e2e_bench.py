@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.harness.controlplane import LocalControlPlane  # noqa: E402
 from tests.harness.lvs_install import (  # noqa: E402
-    SYSTEM_NS,
     HostOperator,
     agent_argv,
+    agent_kubeconfig,
     install,
     programmed,
 )
@@ -100,9 +100,8 @@ def run(sizes: list[int], timeout: float) -> list[dict[str, Any]]:
         operator.start()
         with GuestVM(forwards=[(6443, cp.port)], memory_mb=2048,
                      log=lambda m: print(f"[guest] {m}", flush=True)) as guest:
-            kc = cp.service_account_kubeconfig(SYSTEM_NS, "lvs-agent",
-                                               server=f"https://{guest.forward_address(cp.port)}",
-                                               path=Path(tmp) / "agent.kubeconfig")
+            kc = agent_kubeconfig(cp, NODE, server=f"https://{guest.forward_address(cp.port)}",
+                                  path=Path(tmp) / "agent.kubeconfig")
             guest_kc = guest.put_file(kc, kc.read_text(), 0o600)
             # d0 keeps an address of its own: removing a device's last IPv4 address makes
             # the kernel flush the routes through it (the default route with it)

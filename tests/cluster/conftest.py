@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.controlplane import BinariesUnavailable, LocalControlPlane, ensure_binaries
+from tests.harness.lvs_install import agent_kubeconfig
 from tests.harness.vm import GuestVM, VmSetupError
 
 CLUSTER_DIR = Path(__file__).resolve().parent
@@ -103,7 +104,9 @@ def guest_kubeconfig(
     """Factory: a kubeconfig for use INSIDE the guest; returns its path there.
 
     ``guest_kubeconfig("lvs-agent", ["lvs:agents"])`` mints an x509 identity,
-    ``guest_kubeconfig(service_account=("lvs-system", "lvs-agent"))`` a ServiceAccount token.
+    ``guest_kubeconfig(service_account=("lvs-system", "lvs-agent"))`` a ServiceAccount token,
+    ``guest_kubeconfig(agent_node="n1")`` the chart's agent identity as its pod on node n1
+    has it (tests/harness/lvs_install.agent_kubeconfig; the chart must be installed).
     The server is https://10.0.2.100:APISERVER_GUEST_PORT (TLS verified against the test CA);
     the file is written into the guest with put_file at the same path as on the host (files
     made on the host after boot are not reliably visible in the guest).
@@ -115,8 +118,12 @@ def guest_kubeconfig(
         groups: Sequence[str] = (),
         *,
         service_account: tuple[str, str] | None = None,
+        agent_node: str | None = None,
     ) -> str:
-        if service_account is not None:
+        if agent_node is not None:
+            own = control_plane.workdir / "kubeconfigs" / f"guest-agent-{agent_node}.kubeconfig"
+            path = agent_kubeconfig(control_plane, agent_node, server=server, path=own)
+        elif service_account is not None:
             namespace, name = service_account
             # Its own file: the host's kubeconfig for the same account keeps its loopback URL.
             own = control_plane.workdir / "kubeconfigs" / f"guest-sa-{namespace}-{name}.kubeconfig"

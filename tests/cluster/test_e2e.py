@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.harness.controlplane import LocalControlPlane
-from tests.harness.lvs_install import SYSTEM_NS, HostOperator, agent_argv, install
+from tests.harness.lvs_install import HostOperator, agent_argv, install
 from tests.harness.vm import GuestVM
 
 NS = "e2e"
@@ -148,7 +148,7 @@ def site(control_plane: LocalControlPlane, guest: GuestVM,
                             {"name": "echo", "port": 7000, "targetPort": 7000}]}},
     ]
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
-    agent_kubeconfig = guest_kubeconfig(service_account=(SYSTEM_NS, "lvs-agent"))
+    agent_kubeconfig = guest_kubeconfig(agent_node=NODE)  # the chart's agent identity
     lab = guest.spawn([*LAB, "up", "--prefix", PREFIX, "--backends", "3"], name="site")
     guest.wait_for_log(lab, "READY", timeout=180)
     operator = HostOperator(op_kubeconfig, tmp_path_factory.mktemp("op") / "op.log",

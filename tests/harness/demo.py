@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from .controlplane import LocalControlPlane
-from .lvs_install import REPO, SYSTEM_NS, HostOperator, agent_argv, install, programmed
+from .lvs_install import REPO, HostOperator, agent_argv, agent_kubeconfig, install, programmed
 from .vm import GuestVM
 
 NODES = ("director-a", "director-b", "real-1", "real-2", "real-3")
@@ -56,24 +56,27 @@ def demo_in(cp: LocalControlPlane, guest: GuestVM, *, requests: int = 12,
     """The demo on a running control plane and guest (the cluster tier passes its own)."""
     ok = True
     with tempfile.TemporaryDirectory(prefix="lvs-demo-") as tmp:
-        step("installing CRDs and RBAC, starting lvs-operator on this host")
+        step("helm install charts/lvs-operator; lvs-operator on this host as the chart's "
+             "ServiceAccount")
         operator = HostOperator(install(cp), Path(tmp) / "operator.log")
         operator.start()
+        step("kubectl apply -f examples/nodes.yaml (the 5 nodes the examples are written for)")
+        cp.kubectl("apply", "-f", str(REPO / "examples" / "nodes.yaml"))
         server = f"https://{guest.forward_address(cp.port)}"
-        kubeconfig = cp.service_account_kubeconfig(
-            SYSTEM_NS, "lvs-agent", server=server, path=Path(tmp) / "agent-guest.kubeconfig")
-        guest_kubeconfig = guest.put_file(kubeconfig, kubeconfig.read_text(), 0o600)
+        guest_kubeconfigs = {}
+        for n in NODES:  # each agent as the DaemonSet's pod on its node would be
+            kc = agent_kubeconfig(cp, n, server=server, path=Path(tmp) / f"agent-{n}.kubeconfig")
+            guest_kubeconfigs[n] = guest.put_file(kc, kc.read_text(), 0o600)
         site = guest.spawn([*LAB, "demo"], name="site")
         agents: dict[str, int] = {}
         try:
             guest.wait_for_log(site, "READY", timeout=180)
             note("namespaces: client, " + ", ".join(NODES) + ", web-nat-1, web-nat-2")
             step(f"starting one lvs-agent per node in the guest: {', '.join(NODES)}")
-            agents = {n: guest.spawn(agent_argv(n, guest_kubeconfig, netns=n, interval=5,
+            agents = {n: guest.spawn(agent_argv(n, guest_kubeconfigs[n], netns=n, interval=5,
                                                 state_dir="/var/lib/lvs-demo"), name=n)
                       for n in NODES}
             step("kubectl apply -f examples/")
-            cp.kubectl("apply", "-f", str(REPO / "examples" / "nodes.yaml"))
             names: list[str] = []  # the examples' VirtualServices (a cluster may hold others)
             for d in sorted(p for p in (REPO / "examples").iterdir() if p.is_dir()):
                 out = cp.kubectl("apply", "-f", str(d)).stdout.strip()

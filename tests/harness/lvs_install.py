@@ -1,7 +1,9 @@
-"""lvs-operator installed on a LocalControlPlane the way the chart installs it: CRDs, the
-lvs-system namespace, ServiceAccounts bound to exactly the ClusterRoles in api/rbac.py, and
-the operator as a host process under its ServiceAccount. Used by the cluster tier's
-end-to-end tests, `make demo` and `make bench-e2e`.
+"""lvs-operator installed on a LocalControlPlane with its Helm chart (charts/lvs-operator),
+then run as processes under the chart's own identities: the operator on the host with a token
+of the chart's operator ServiceAccount, each agent with a token of the agent ServiceAccount
+bound to a stand-in for the DaemonSet's pod on its node (no kubelet runs here, so nothing
+starts the chart's Deployment and DaemonSet; their pod templates are what we imitate). Used by
+the cluster tier, `make demo` and `make bench-e2e`.
 """
 
 from __future__ import annotations
@@ -9,50 +11,92 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lvs_operator.api.rbac import (
-    AGENT_RULES,
-    OPERATOR_LEADER_ELECTION_RULES,
-    OPERATOR_RULES,
-    cluster_role,
-    cluster_role_binding,
-    role,
-    role_binding,
-)
-
 from .controlplane import LocalControlPlane
 
 REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "lvs-operator"
 SYSTEM_NS = "lvs-system"
+RELEASE = "lvs-operator"
+# The chart's names for release "lvs-operator" (templates/_helpers.tpl).
+OPERATOR_SA = "lvs-operator"
+AGENT_SA = "lvs-operator-agent"
+AGENT_DAEMONSET = "lvs-operator-agent"
 
-__all__ = ["REPO", "SYSTEM_NS", "HostOperator", "agent_argv", "install", "programmed"]
+__all__ = [
+    "AGENT_SA",
+    "CHART",
+    "OPERATOR_SA",
+    "RELEASE",
+    "REPO",
+    "SYSTEM_NS",
+    "HostOperator",
+    "agent_argv",
+    "agent_kubeconfig",
+    "helm",
+    "install",
+    "programmed",
+]
 
 
-def install(cp: LocalControlPlane) -> Path:
-    """CRDs, namespace, RBAC; returns the operator's kubeconfig (its ServiceAccount token)."""
-    cp.kubectl("apply", "-f", str(REPO / "crds"))
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+def helm(cp: LocalControlPlane, *args: str, timeout: float = 180.0
+         ) -> subprocess.CompletedProcess[str]:
+    """The pinned helm against this control plane as admin; raises with helm's stderr."""
+    assert cp.binaries is not None and cp.binaries.helm is not None, "helm was not fetched"
+    proc = subprocess.run([str(cp.binaries.helm), *args], env=cp.env(), capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"helm {' '.join(args)} failed ({proc.returncode}):\n"
+                           f"{proc.stdout}\n{proc.stderr}")
+    return proc
 
-    def subjects(name: str) -> list[dict[str, Any]]:
-        return [{"kind": "ServiceAccount", "name": name, "namespace": SYSTEM_NS}]
 
-    docs = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NS}},
-        cluster_role("lvs-operator", OPERATOR_RULES),
-        cluster_role("lvs-agent", AGENT_RULES),
-        cluster_role_binding("lvs-operator", "lvs-operator", subjects("lvs-operator")),
-        cluster_role_binding("lvs-agent", "lvs-agent", subjects("lvs-agent")),
-        role("lvs-operator-leader-election", SYSTEM_NS, OPERATOR_LEADER_ELECTION_RULES),
-        role_binding("lvs-operator-leader-election", SYSTEM_NS, "lvs-operator-leader-election",
-                     subjects("lvs-operator")),
-    ]
-    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
-    return cp.service_account_kubeconfig(SYSTEM_NS, "lvs-operator")
+def install(cp: LocalControlPlane, values: dict[str, Any] | None = None) -> Path:
+    """`helm upgrade --install` the chart into lvs-system (idempotent: several tests share one
+    control plane); returns a kubeconfig with a token of the chart's operator ServiceAccount."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="lvs-values-") as f:
+        yaml.safe_dump(values or {}, f)
+        f.flush()
+        helm(cp, "upgrade", "--install", RELEASE, str(CHART), "--namespace", SYSTEM_NS,
+             "--create-namespace", "--values", f.name)
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CHART / "crds"))
+    return cp.service_account_kubeconfig(SYSTEM_NS, OPERATOR_SA, create=False)
+
+
+def agent_kubeconfig(cp: LocalControlPlane, node: str, *, server: str | None = None,
+                     path: Path | None = None) -> Path:
+    """A kubeconfig for the agent on `node`, as the DaemonSet's pod there would have it: a
+    token of the agent ServiceAccount bound to a pod on that node, so the API server names the
+    node in the identity (the chart's admission policy lets it write only that NodePlan).
+    The Node object must exist. The pod is the DaemonSet's template with spec.nodeName set,
+    as the DaemonSet controller would create it; nothing runs it."""
+    cp.kubectl("get", "node", node)  # a clear error here, not a token without a node name
+    daemonset = _installed(cp, "DaemonSet", AGENT_DAEMONSET)
+    template = daemonset["spec"]["template"]
+    pod_name = f"{AGENT_DAEMONSET}-{node}"[:63].rstrip("-.")
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod_name, "namespace": SYSTEM_NS,
+                     "labels": template["metadata"]["labels"]},
+        "spec": {**template["spec"], "nodeName": node},
+    }
+    cp.kubectl("delete", "pod", "-n", SYSTEM_NS, pod_name, "--ignore-not-found", "--wait=false")
+    cp.kubectl("create", "-f", "-", input=json.dumps(pod))
+    return cp.service_account_kubeconfig(SYSTEM_NS, AGENT_SA, create=False, bound_pod=pod_name,
+                                         server=server, path=path)
+
+
+def _installed(cp: LocalControlPlane, kind: str, name: str) -> dict[str, Any]:
+    out = cp.kubectl("get", kind, name, "-n", SYSTEM_NS, "-o", "json").stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
 
 
 def programmed(cp: LocalControlPlane, namespace: str, names: Sequence[str] = (),
@@ -71,8 +115,6 @@ def programmed(cp: LocalControlPlane, namespace: str, names: Sequence[str] = (),
         else:
             waiting.append(f"{item['metadata']['name']}: {prog.get('reason', 'no status yet')}")
     return done, len(items), waiting
-
-
 def agent_argv(node: str, kubeconfig: str, *, netns: str | None = None,
                interval: float = 5.0, state_dir: str = "/var/lib/lvs-agent") -> list[str]:
     argv = [sys.executable, "-m", "lvs_operator.agent.main", "--node", node,

@@ -337,16 +337,18 @@ def check_crds(directory: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    """`[--check] DIR...`: write (or check) the CRDs in each directory: `crds/` for kubectl
+    users and the chart's `crds/`, which Helm installs before anything else."""
     check = "--check" in argv
-    args = [a for a in argv if a != "--check"]
-    directory = Path(args[0] if args else "crds")
+    directories = [Path(a) for a in argv if a != "--check"] or [Path("crds")]
     if check:
-        stale = check_crds(directory)
+        stale = [path for d in directories for path in check_crds(d)]
         for path in stale:
             print(f"{path} is out of date with operator/lvs_operator/api/types.py; run `make crds`")
         return 1 if stale else 0
-    for p in write_crds(directory):
-        print(f"wrote {p}")
+    for directory in directories:
+        for p in write_crds(directory):
+            print(f"wrote {p}")
     return 0
 
 

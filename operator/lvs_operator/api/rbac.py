@@ -7,7 +7,11 @@ Nodes, Services or EndpointSlices (it watches them) and owns the NodePlans.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .objects import API_GROUP
 
@@ -15,6 +19,7 @@ __all__ = [
     "AGENT_RULES",
     "OPERATOR_LEADER_ELECTION_RULES",
     "OPERATOR_RULES",
+    "chart_rules_file",
     "cluster_role",
     "cluster_role_binding",
     "role",
@@ -105,3 +110,45 @@ def role_binding(name: str, namespace: str, role_name: str,
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
         "subjects": subjects,
     }
+
+
+def chart_rules_file() -> str:
+    """The rules as the Helm chart reads them (`files/rbac.yaml`, via .Files.Get), so the chart
+    grants exactly what this module defines and the cluster tier proves is enough."""
+    doc = {
+        "operator": OPERATOR_RULES,
+        "operatorLeaderElection": OPERATOR_LEADER_ELECTION_RULES,
+        "agent": AGENT_RULES,
+    }
+    header = "# Generated from operator/lvs_operator/api/rbac.py by `make crds`; do not edit.\n"
+    return header + yaml.dump(doc, Dumper=_NoAliases, sort_keys=False, width=100)
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Rules share their verb lists; a person reading the file wants them written out."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def main(argv: list[str]) -> int:
+    """`[--check] FILE`: write (or check) the chart's copy of the rules."""
+    check = "--check" in argv
+    paths = [Path(a) for a in argv if a != "--check"]
+    if len(paths) != 1:
+        print("usage: python -m lvs_operator.api.rbac [--check] FILE", file=sys.stderr)
+        return 2
+    path, text = paths[0], chart_rules_file()
+    if check:
+        if not path.exists() or path.read_text() != text:
+            print(f"{path} is out of date with operator/lvs_operator/api/rbac.py; run `make crds`")
+            return 1
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

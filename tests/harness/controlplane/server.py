@@ -264,25 +264,33 @@ class LocalControlPlane:
         duration: str = "24h",
         path: Path | None = None,
         server: str | None = None,
+        create: bool = True,
+        bound_pod: str | None = None,
     ) -> Path:
-        """Create ServiceAccount namespace/name if needed and write a kubeconfig with its token.
+        """Write a kubeconfig with a token of ServiceAccount namespace/name (created first
+        unless ``create`` is false, e.g. when the chart made it).
 
         Why: the chart binds its RBAC to ServiceAccounts, so running the operator and agents
         as exactly those identities tests the chart's roles as a real cluster would. Tokens come
         from the TokenRequest API, signed with this control plane's service-account key.
+        ``bound_pod``: bind the token to that Pod in ``namespace``, as the kubelet does for a
+        pod's own token; the API server then puts the pod's node name into the identity.
         ``server``: as for mint_kubeconfig.
         """
-        manifest = yaml.safe_dump({
-            "apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": name, "namespace": namespace},
-        })
-        self.kubectl("apply", "--server-side", "--field-manager=lvs-test-harness", "-f", "-",
-                     input=manifest)
+        if create:
+            manifest = yaml.safe_dump({
+                "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": name, "namespace": namespace},
+            })
+            self.kubectl("apply", "--server-side", "--field-manager=lvs-test-harness", "-f", "-",
+                         input=manifest)
+        bind = ["--bound-object-kind=Pod", f"--bound-object-name={bound_pod}"] if bound_pod else []
         token = self.kubectl(
-            "create", "token", name, "-n", namespace, f"--duration={duration}"
+            "create", "token", name, "-n", namespace, f"--duration={duration}", *bind
         ).stdout.strip()
         user = f"system:serviceaccount:{namespace}:{name}"
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"sa-{namespace}-{name}")
+        pod = f"-{bound_pod}" if bound_pod else ""
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"sa-{namespace}-{name}{pod}")
         target = path or self.workdir / "kubeconfigs" / f"{safe}.kubeconfig"
         self._write_kubeconfig(target, user, token=token, namespace=namespace,
                                server=server)
