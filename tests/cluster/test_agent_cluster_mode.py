@@ -10,6 +10,7 @@ last applied (drift still repaired) while the API is away, and the agent catches
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from lvs_operator.api.rbac import AGENT_RULES, cluster_role, cluster_role_bindin
 from lvs_operator.compiler.engine import compile_cluster
 from lvs_operator.compiler.plan import NodePlan
 from lvs_operator.compiler.shards import PlanSharder
+from tests.harness import waiting
 from tests.harness.controlplane import LocalControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,16 +43,8 @@ ARP = {"all/arp_ignore": "1", "all/arp_announce": "2", "lo/arp_ignore": "1",
        "lo/arp_announce": "2"}
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0,
-             every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
+# These waits watch processes and the API closely: poll often.
+wait_until = functools.partial(waiting.wait_until, interval=0.05)
 
 
 def run(*cmd: str) -> str:
@@ -87,7 +81,7 @@ def agent_kubeconfig(plan_crds: LocalControlPlane) -> Path:
                       input=json.dumps({"apiVersion": "v1", "kind": "List",
                                         "items": [role, binding]}))
     kubeconfig = plan_crds.mint_kubeconfig(AGENT_USER)
-    wait_for("the agent's RBAC to take effect", lambda: plan_crds.kubectl(
+    wait_until("the agent's RBAC to take effect", lambda: plan_crds.kubectl(
         "auth", "can-i", "watch", "nodeplans.lvs.dev", kubeconfig=kubeconfig, check=False
     ).stdout.strip() == "yes")
     return kubeconfig
@@ -351,9 +345,9 @@ def test_agent_follows_its_nodeplan_fails_static_and_stops_cleanly(
         gen1 = operator.publish(backend_plan(node, ["192.0.2.20"]))
         agents.append(AgentProcess(node, kubeconfig, netns, tmp_path, env))
         agent = agents[-1]
-        wait_for("the VIP on lo", lambda: lo_vips(netns) == {"192.0.2.20/32"})
-        wait_for("the ARP sysctls", lambda: arp_sysctls(netns) == ARP)
-        wait_for("Programmed=True for generation 1", lambda: operator.programmed(gen1))
+        wait_until("the VIP on lo", lambda: lo_vips(netns) == {"192.0.2.20/32"})
+        wait_until("the ARP sysctls", lambda: arp_sysctls(netns) == ARP)
+        wait_until("Programmed=True for generation 1", lambda: operator.programmed(gen1))
         status = operator.nodeplan()["status"]
         assert status["agent"].startswith("lvs-agent ")
         assert status["lastSyncTime"].endswith("Z")
@@ -365,8 +359,8 @@ def test_agent_follows_its_nodeplan_fails_static_and_stops_cleanly(
         start = time.monotonic()
         gen2 = operator.publish(backend_plan(node, ["192.0.2.21", "192.0.2.22"]))
         assert gen2 == gen1 + 1
-        wait_for("Programmed=True for generation 2", lambda: operator.programmed(gen2),
-                 every=0.01)
+        wait_until("Programmed=True for generation 2", lambda: operator.programmed(gen2),
+                 interval=0.01)
         latency = time.monotonic() - start
         print(f"publish -> Programmed: {latency * 1000:.0f} ms")
         assert latency < 5.0
@@ -380,7 +374,7 @@ def test_agent_follows_its_nodeplan_fails_static_and_stops_cleanly(
         run("ip", "-n", netns, "addr", "del", "192.0.2.21/32", "dev", "lo")
         run("ip", "netns", "exec", netns, "sh", "-c",
             "echo 0 > /proc/sys/net/ipv4/conf/all/arp_ignore")
-        wait_for("drift repaired without the API",
+        wait_until("drift repaired without the API",
                  lambda: lo_vips(netns) == {"192.0.2.21/32", "192.0.2.22/32"}
                  and arp_sysctls(netns) == ARP, timeout=10)
         gen3 = operator.publish(backend_plan(node, ["192.0.2.23"]))  # unseen for now
@@ -390,7 +384,7 @@ def test_agent_follows_its_nodeplan_fails_static_and_stops_cleanly(
 
         # It comes back: the agent catches up with what was published meanwhile.
         forward.open()
-        wait_for("Programmed=True for generation 3", lambda: operator.programmed(gen3),
+        wait_until("Programmed=True for generation 3", lambda: operator.programmed(gen3),
                  timeout=60)
         assert lo_vips(netns) == {"192.0.2.23/32"}
         assert "the API server answers again" in agent.text()
@@ -406,7 +400,7 @@ def test_agent_follows_its_nodeplan_fails_static_and_stops_cleanly(
         operator.delete()
         agents.append(AgentProcess(node, kubeconfig, netns, tmp_path, env))
         waiting = f"waiting for the operator to publish a plan for node {node}"
-        wait_for("the agent to say it waits", lambda: waiting in agents[-1].text())
+        wait_until("the agent to say it waits", lambda: waiting in agents[-1].text())
         time.sleep(3 * INTERVAL)
         assert agents[-1].alive()
         assert lo_vips(netns) == {"192.0.2.23/32"} and arp_sysctls(netns) == ARP
@@ -427,7 +421,7 @@ def test_sigterm_cuts_a_long_watch_short(
     agent = AgentProcess(node, agent_kubeconfig, netns, tmp_path,
                          control_plane.env(agent_kubeconfig), interval=60.0)
     try:
-        wait_for("the agent to watch", lambda: "waiting for the operator" in agent.text())
+        wait_until("the agent to watch", lambda: "waiting for the operator" in agent.text())
         time.sleep(1.0)  # well inside the watch now
         stopping = time.monotonic()
         assert agent.terminate() == 0, agent.text()

@@ -22,6 +22,7 @@ import yaml
 from tests.harness.controlplane import LocalControlPlane
 from tests.harness.lvs_install import HostOperator, agent_argv, install
 from tests.harness.vm import GuestVM
+from tests.harness.waiting import wait_until
 
 NS = "e2e"
 PREFIX = "e2e"
@@ -30,18 +31,6 @@ VIP = "203.0.113.10"
 DIRECTOR_LABEL = {"lvs.dev/e2e-director": "true"}
 PY = sys.executable
 LAB = [PY, "-m", "tests.harness.guestlab"]
-
-
-def wait_until(what: str, probe: Callable[[], Any], timeout: float = 90.0,
-               interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not true after {timeout:.0f} s (last: {last!r})")
 
 
 class Site:

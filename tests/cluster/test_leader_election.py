@@ -18,6 +18,7 @@ Takeover times are printed; they are asserted only against generous bounds.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import signal
@@ -25,13 +26,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.harness import waiting
 from tests.harness.controlplane import KubectlError, LocalControlPlane
 from tests.harness.controlplane.server import free_port
 from tests.harness.lvs_install import REPO, SYSTEM_NS, HostOperator, install
@@ -44,16 +46,8 @@ VIP = "203.0.113.77"  # the example's VIP would clash with other tests' copies o
 LEASE_S, RENEW_S, RETRY_S = 4, 3.0, 0.5
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0,
-             every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not true after {timeout:.0f} s (last: {last!r})")
+# These waits watch processes and the API closely: poll often.
+wait_until = functools.partial(waiting.wait_until, interval=0.05)
 
 
 class Replica:
@@ -187,10 +181,10 @@ def test_one_leader_graceful_handover_and_takeover_after_expiry(
     replicas += [a, b]
     a.start()
     b.start()
-    wait_for("one replica ready as leader", lambda: any(
+    wait_until("one replica ready as leader", lambda: any(
         r.ready() == (200, "leader\n") for r in (a, b)), timeout=60)
     leader, standby = (a, b) if a.ready()[1] == "leader\n" else (b, a)
-    wait_for("the other ready as standby", lambda: standby.ready() == (
+    wait_until("the other ready as standby", lambda: standby.ready() == (
         200, f"standby: lease held by {leader.name}\n"), timeout=30)
     assert lease(cp)["holderIdentity"] == leader.name
     assert lease(cp)["leaseDurationSeconds"] == LEASE_S
@@ -200,8 +194,8 @@ def test_one_leader_graceful_handover_and_takeover_after_expiry(
 
     # ---- only the leader writes
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(example_docs()))
-    wait_for("the leader publishes NodePlan le-node", lambda: nodeplan_generation(cp) > 0)
-    wait_for("the VirtualService has a status", lambda: json.loads(cp.kubectl(
+    wait_until("the leader publishes NodePlan le-node", lambda: nodeplan_generation(cp) > 0)
+    wait_until("the VirtualService has a status", lambda: json.loads(cp.kubectl(
         "get", "virtualservice", "web-nat", "-n", NS, "-o", "json").stdout).get("status"))
     assert (leader.metric("lvs_operator_nodeplans_written_total") or 0) >= 1
     assert (leader.metric("lvs_operator_publish_rounds_total") or 0) >= 1
@@ -214,10 +208,10 @@ def test_one_leader_graceful_handover_and_takeover_after_expiry(
     # ---- SIGTERM: the leader releases, the standby takes over at once
     t0 = time.monotonic()
     leader.proc.send_signal(signal.SIGTERM)
-    wait_for("the standby holds the Lease", standby.leads, timeout=LEASE_S + 10, every=0.02)
+    wait_until("the standby holds the Lease", standby.leads, timeout=LEASE_S + 10, interval=0.02)
     graceful = time.monotonic() - t0
-    wait_for("the new leader is ready", lambda: standby.ready() == (200, "leader\n"),
-             timeout=60, every=0.02)
+    wait_until("the new leader is ready", lambda: standby.ready() == (200, "leader\n"),
+             timeout=60, interval=0.02)
     graceful_ready = time.monotonic() - t0
     assert leader.proc.wait(timeout=30) == 0, leader.log()[-3000:]
     assert f"released Lease {SYSTEM_NS}/{LEASE}" in leader.log()
@@ -230,7 +224,7 @@ def test_one_leader_graceful_handover_and_takeover_after_expiry(
     before = nodeplan_generation(cp)
     cp.kubectl("patch", "realserver", "web-nat-1", "-n", NS, "--type=merge",
                "-p", '{"spec":{"weight":5}}')
-    wait_for("the new leader publishes the change", lambda: nodeplan_generation(cp) > before)
+    wait_until("the new leader publishes the change", lambda: nodeplan_generation(cp) > before)
     assert (standby.metric("lvs_operator_nodeplans_written_total") or 0) >= 1
     new_leader = standby
 
@@ -238,16 +232,16 @@ def test_one_leader_graceful_handover_and_takeover_after_expiry(
     c = Replica("op-c", kubeconfig, tmp_path)
     replicas.append(c)
     c.start()
-    wait_for("op-c ready as standby", lambda: c.ready() == (
+    wait_until("op-c ready as standby", lambda: c.ready() == (
         200, f"standby: lease held by {new_leader.name}\n"), timeout=60)
     time.sleep(2 * RETRY_S)  # a few renewals seen by op-c
     t0 = time.monotonic()
     new_leader.proc.kill()
     new_leader.proc.wait()
-    wait_for("op-c holds the Lease", c.leads, timeout=LEASE_S + 10, every=0.02)
+    wait_until("op-c holds the Lease", c.leads, timeout=LEASE_S + 10, interval=0.02)
     after_kill = time.monotonic() - t0
-    wait_for("op-c is ready as leader", lambda: c.ready() == (200, "leader\n"), timeout=60,
-             every=0.02)
+    wait_until("op-c is ready as leader", lambda: c.ready() == (200, "leader\n"), timeout=60,
+             interval=0.02)
     after_kill_ready = time.monotonic() - t0
     assert lease(cp)["holderIdentity"] == "op-c"
     print(f"takeover after SIGKILL: Lease taken over after {after_kill:.2f} s, "
@@ -260,7 +254,7 @@ def test_one_leader_graceful_handover_and_takeover_after_expiry(
     cp.kubectl("patch", "lease", LEASE, "-n", SYSTEM_NS, "--type=merge", "-p", json.dumps(
         {"spec": {"holderIdentity": "intruder", "leaseDurationSeconds": 60}}))
     t0 = time.monotonic()
-    code = wait_for("op-c exits", c.exited, timeout=RENEW_S + 10, every=0.02)
+    code = wait_until("op-c exits", c.exited, timeout=RENEW_S + 10, interval=0.02)
     print(f"leader that lost the Lease exited with status {code} after "
           f"{time.monotonic() - t0:.2f} s")
     assert code == 1

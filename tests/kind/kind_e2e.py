@@ -27,8 +27,6 @@ Exit status: 0 passed (or skipped with --skip-ok), 1 failed, 2 usage, 3 Docker n
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import math
 import os
@@ -42,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -55,6 +53,7 @@ from tests.harness.controlplane.binaries import (
     find_go,
     go_build_env,
 )
+from tests.harness.waiting import file_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = Path(__file__).with_name("manifests")
@@ -147,18 +146,6 @@ def kind_cache_dir(version: str = KIND_VERSION) -> Path:
     return lvs_cache() / "kind" / version
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One installer at a time (two runs, or a run and a shell, may race)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
@@ -185,7 +172,7 @@ def ensure_kind(log: Callable[[str], None] = print) -> tuple[Path, str]:
     dest = dest_dir / "kind"
     if _executable(dest):
         return dest, "cache"
-    with _locked(dest_dir.parent / ".kind.lock"):
+    with file_lock(dest_dir.parent / ".kind.lock"):
         if _executable(dest):
             return dest, "cache"
         go = find_go()

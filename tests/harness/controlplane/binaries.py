@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -31,9 +30,11 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..waiting import file_lock
 
 Log = Callable[[str], None]
 
@@ -96,17 +97,9 @@ class Binaries:
 # ----------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
-def _locked(name: str) -> Iterator[None]:
+def _locked(name: str) -> contextlib.AbstractContextManager[None]:
     """Serialize installs of one component across processes (parallel pytest, CI + shell)."""
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(cache_root() / f".{name}.lock")
 
 
 def _run_quiet(args: list[str], timeout: float = 30.0) -> str | None:

@@ -8,7 +8,6 @@ the first run on a machine pays for the download (about 70 MB) and the unpacking
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import lzma
 import os
@@ -18,9 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..waiting import file_lock
 
 HERE = Path(__file__).resolve().parent
 
@@ -186,18 +186,6 @@ def choose_kernel_version() -> str:
     if version is None:
         raise VmSetupError("apt knows no linux-image-6.1.0-*-amd64 package (is this Debian 12?)")
     return version
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise concurrent prepares (parallel CI jobs share one cache)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _unpack_kernel(version: str, dest: Path) -> None:
@@ -382,7 +370,7 @@ def _extract_vmlinux(bzimage: Path, config: Path, dest: Path) -> bool:
 
 def prepare() -> VmImage:
     """Install, download and build whatever is missing; cheap (well under a second) when warm."""
-    with _locked(cache_root() / ".lock"):
+    with file_lock(cache_root() / ".lock"):
         ensure_host_packages()
         version = choose_kernel_version()
         vdir = cache_root() / version
