@@ -81,9 +81,11 @@ class Operator:
         return [*WATCHED, LEGACY_ENDPOINTS] if self.legacy_endpoints else list(WATCHED)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self.fence is not None and not self.fence():
-            raise ApiError(0, "this replica is not the leader (any more): not calling the API")
         async with self._limit:
+            # Asked after the wait for a slot, right before the call: a call queued while
+            # this replica led must not go out after it stopped leading.
+            if self.fence is not None and not self.fence():
+                raise ApiError(0, "this replica is not the leader (any more): not calling the API")
             return await asyncio.to_thread(fn, *args)
 
     # ------------------------------------------------------------------ start-up
