@@ -12,6 +12,9 @@ The expectations are the kernel's (Linux 6.1, ip_vs_ctl.c): a service added from
 back as `service_attributes(plan)` and each destination as `dest_attributes(plan_dest)`;
 EEXIST on a second add, ESRCH/ENOENT on what is not there, ERANGE/EINVAL on values the kernel
 refuses; edits happen in place; ops apply in order and a failure stops nothing after it.
+Counters start at 0 and `zero` resets them (ESRCH for an unknown service) without touching the
+configuration or the connection counts; the connection table lists what `open_connection` left.
+Counters that move need real traffic: tests/vm/test_lvsctl_ops.py.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from lvs_operator.kernel.errors import AlreadyExists, InvalidArgument, KernelErr
 from lvs_operator.kernel.ipvs import (
     IPVSOp,
     IPVSOpKind,
+    IPVSStats,
     IPVSTable,
     LiveDestination,
     dest_attributes,
@@ -599,3 +603,81 @@ class IPVSContract:
         services = mixed_table()
         apply_ok(ipvs, add_ops(*services))
         assert_table(ipvs, *services)
+
+    # counters and the connection table ------------------------------------------------
+    def test_fresh_services_have_zero_counters_and_rates(self, ipvs: IPVSTable) -> None:
+        services = [
+            with_dests(tcp(), dest(RS4[0]), dest(RS4[1])),
+            with_dests(fwmark(9, 6, "rr"), dest(RS6[0], 0, "route")),
+            tcp(port=81),  # no destinations
+        ]
+        apply_ok(ipvs, add_ops(*services))
+        live = ipvs.dump()
+        assert len(live) == 3
+        for ls in live:
+            assert ls.stats == IPVSStats(), ls.service.key
+            assert [ld.stats for ld in ls.destinations] == [IPVSStats()] * len(ls.destinations)
+
+    def test_zero_one_service_or_all_keeps_the_configuration(self, ipvs: IPVSTable) -> None:
+        s = with_dests(tcp(scheduler="wrr"), dest(RS4[0], weight=3), dest(RS4[1]))
+        empty = tcp(port=81)
+        mark = with_dests(fwmark(9, 4, "rr"), dest(RS4[2], 0, "route"))
+        apply_ok(ipvs, add_ops(s, empty, mark))
+        ipvs.zero(s.key)
+        ipvs.zero(empty.key)
+        ipvs.zero(mark.key)
+        ipvs.zero()
+        assert_table(ipvs, s, empty, mark)
+        assert all(ls.stats == IPVSStats() for ls in ipvs.dump())
+
+    def test_zero_everything_on_an_empty_table(self, ipvs: IPVSTable) -> None:
+        ipvs.zero()
+        ipvs.zero(None)
+        assert ipvs.dump() == []
+
+    @pytest.mark.parametrize(
+        "missing",
+        [
+            tcp(port=81).key,
+            svc("udp", VIP4, 80).key,
+            tcp(VIP6).key,
+            fwmark(77).key,
+            fwmark(9, 6).key,  # mark 9 exists, but for IPv4 only
+        ],
+        ids=["other-port", "other-protocol", "ipv6", "fwmark", "fwmark-other-family"],
+    )
+    def test_zero_of_an_unknown_service_is_not_found(
+        self, ipvs: IPVSTable, missing: ServiceKey
+    ) -> None:
+        apply_ok(ipvs, add_ops(tcp(), fwmark(9, 4, "rr")))
+        with pytest.raises(NotFound):
+            ipvs.zero(missing)
+        assert_table(ipvs, tcp(), fwmark(9, 4, "rr"))
+
+    def test_connection_table_of_an_idle_table_is_empty(self, ipvs: IPVSTable) -> None:
+        assert ipvs.connections() == []
+        apply_ok(ipvs, add_ops(with_dests(tcp(), dest())))
+        assert ipvs.connections() == []
+
+    def test_an_open_connection_is_in_the_connection_table(
+        self, ipvs: IPVSTable, open_connection: OpenConnection
+    ) -> None:
+        d = dest(RS4[0], 80, weight=5)
+        s = with_dests(tcp(scheduler="rr"), d)
+        apply_ok(ipvs, add_ops(s))
+        open_connection(s, d)
+        entries = [c for c in ipvs.connections() if (c.virtual, c.virtual_port) == (VIP4, 80)]
+        assert entries, ipvs.connections()
+        for c in entries:
+            assert (c.protocol, c.destination, c.destination_port) == ("TCP", RS4[0], 80)
+            assert c.client.count(".") == 3 and 0 < c.client_port < 65536
+            assert c.state and 0 < c.expires <= 15 * 60  # the TCP timeouts are at most 15 min
+
+        def conns() -> int:
+            ((_, dests),) = live_table(ipvs).values()
+            return dests[d.key].active_conns + dests[d.key].inactive_conns
+
+        before = conns()
+        ipvs.zero(s.key)  # counters, not connections
+        ipvs.zero()
+        assert conns() == before >= 1

@@ -17,6 +17,8 @@ from .errors import AlreadyExists, InvalidArgument, KernelError, KernelUnavailab
 from .ipvs import (
     IPVSOp,
     IPVSOpKind,
+    IPVSStats,
+    LiveConnection,
     LiveDestination,
     LiveService,
     OpFailure,
@@ -44,15 +46,27 @@ SCHEDULERS = frozenset(
 class _FakeService:
     attrs: IPVSService
     dests: dict[tuple[str, int], LiveDestination] = field(default_factory=dict)
+    stats: IPVSStats = field(default_factory=IPVSStats)
+
+
+def _added(stats: IPVSStats, counts: dict[str, int]) -> IPVSStats:
+    return stats._replace(**{k: getattr(stats, k) + v for k, v in counts.items()})
 
 
 class FakeIPVS:
-    """An IPVS table in memory. Tests move connection counts with `set_connections`."""
+    """An IPVS table in memory. Tests move connection counts with `set_connections`, counters
+    with `add_traffic`, rate estimates with `set_rates`; `connection_table` is what
+    `connections()` returns (set_connections keeps it in step with the counts)."""
+
+    VERSION = "1.2.1"  # what Linux has reported since 2.6 (IP_VS_VERSION_CODE 0x010201)
+    CONN_TAB_SIZE = 4096  # 1 << CONFIG_IP_VS_TAB_BITS (12, the default)
 
     def __init__(self, available: bool = True) -> None:
         self.available = available
         self._services: dict[ServiceKey, _FakeService] = {}
         self.applied: list[IPVSOp] = []  # every op that succeeded, in order
+        self.connection_table: list[LiveConnection] = []
+        self.total = IPVSStats()  # /proc/net/ip_vs_stats: every service's traffic
 
     def probe(self) -> None:
         if not self.available:
@@ -61,9 +75,34 @@ class FakeIPVS:
     def dump(self) -> list[LiveService]:
         self.probe()
         return [
-            LiveService(s.attrs, tuple(s.dests[k] for k in sorted(s.dests)))
+            LiveService(s.attrs, tuple(s.dests[k] for k in sorted(s.dests)), s.stats)
             for s in self._services.values()
         ]
+
+    def info(self) -> tuple[str, int]:
+        self.probe()
+        return self.VERSION, self.CONN_TAB_SIZE
+
+    def zero(self, service: ServiceKey | None = None) -> None:
+        """Counters and rates back to 0 (the kernel takes the current counters as the new
+        zero point and resets its estimator): one service and its destinations, or all."""
+        self.probe()
+        if service is None:
+            targets = list(self._services.values())
+            self.total = IPVSStats()
+        else:
+            svc = self._services.get(service)
+            if svc is None:
+                raise NotFound(f"zero the counters of {service}: no such service")
+            targets = [svc]
+        for svc in targets:
+            svc.stats = IPVSStats()
+            for k, live in svc.dests.items():
+                svc.dests[k] = live._replace(stats=IPVSStats())
+
+    def connections(self) -> list[LiveConnection]:
+        self.probe()
+        return list(self.connection_table)
 
     def apply(self, ops: Sequence[IPVSOp]) -> list[OpFailure]:
         self.probe()
@@ -116,10 +155,82 @@ class FakeIPVS:
     def set_connections(
         self, key: ServiceKey, dest: tuple[str, int], active: int, inactive: int = 0
     ) -> None:
+        """The destination holds `active` established and `inactive` closing entries (in the
+        counts and in the connection table, from made-up clients in 198.18.0.0/15)."""
         live = self._services[key].dests[dest]
         self._services[key].dests[dest] = live._replace(
             active_conns=active, inactive_conns=inactive
         )
+        mine = (key.protocol.upper() or "TCP", dest)
+        self.connection_table = [
+            c
+            for c in self.connection_table
+            if (c.protocol, (c.destination, c.destination_port)) != mine
+        ]
+        v6 = key.family == 6
+        for i in range(active + inactive):
+            if key.protocol == "udp":
+                state, expires = "UDP", 300.0
+            elif i < active:
+                state, expires = "ESTABLISHED", 900.0
+            else:
+                state, expires = "FIN_WAIT", 120.0
+            client = f"2001:db8:ffff::{i + 1:x}" if v6 else f"198.18.{i // 250}.{i % 250 + 1}"
+            self.connection_table.append(
+                LiveConnection(
+                    protocol=mine[0],
+                    client=client,
+                    client_port=40000 + i % 20000,
+                    virtual=key.address or ("::" if v6 else "0.0.0.0"),
+                    virtual_port=key.port,
+                    destination=dest[0],
+                    destination_port=dest[1],
+                    state=state,
+                    expires=expires,
+                )
+            )
+
+    def add_traffic(
+        self,
+        key: ServiceKey,
+        dest: tuple[str, int] | None = None,
+        *,
+        conns: int = 0,
+        inpkts: int = 0,
+        outpkts: int = 0,
+        inbytes: int = 0,
+        outbytes: int = 0,
+    ) -> None:
+        """Count traffic as the kernel does (ip_vs_in_stats/ip_vs_out_stats/ip_vs_conn_stats):
+        on the destination, its service and the global total at once."""
+        counts = {"conns": conns, "inpkts": inpkts, "outpkts": outpkts}
+        counts |= {"inbytes": inbytes, "outbytes": outbytes}
+        svc = self._services[key]
+        if dest is not None:
+            live = svc.dests[dest]
+            svc.dests[dest] = live._replace(stats=_added(live.stats, counts))
+        svc.stats = _added(svc.stats, counts)
+        self.total = _added(self.total, counts)
+
+    def set_rates(
+        self,
+        key: ServiceKey,
+        dest: tuple[str, int] | None = None,
+        *,
+        cps: int = 0,
+        inpps: int = 0,
+        outpps: int = 0,
+        inbps: int = 0,
+        outbps: int = 0,
+    ) -> None:
+        """The estimator's current rates of a service, or of one of its destinations."""
+        rates = {"cps": cps, "inpps": inpps, "outpps": outpps, "inbps": inbps, "outbps": outbps}
+        svc = self._services[key]
+        if dest is None:
+            svc.stats = svc.stats._replace(**rates)
+        else:
+            live = svc.dests[dest]
+            svc.dests[dest] = live._replace(stats=live.stats._replace(**rates))
 
     def add_foreign(self, service: IPVSService, dests: Iterable[Destination] = ()) -> None:
         """Put a service there behind the agent's back (kube-proxy, a human with ipvsadm)."""

@@ -11,13 +11,15 @@ import enum
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
-from ..compiler.plan import Destination, IPVSService
+from ..compiler.plan import Destination, IPVSService, ServiceKey
 from .errors import KernelError
 
 __all__ = [
     "IPVSOp",
     "IPVSOpKind",
+    "IPVSStats",
     "IPVSTable",
+    "LiveConnection",
     "LiveDestination",
     "LiveService",
     "OpFailure",
@@ -48,16 +50,49 @@ class IPVSOp(NamedTuple):
         return f"{self.kind.value} {what}"
 
 
+class IPVSStats(NamedTuple):
+    """The kernel's counters since the last zero (`ipvsadm -L --stats`) and its rate
+    estimates, per second over the last seconds (`ipvsadm -L --rate`). 64-bit values
+    (IPVS_*_ATTR_STATS64 where the kernel has it)."""
+
+    conns: int = 0
+    inpkts: int = 0
+    outpkts: int = 0
+    inbytes: int = 0
+    outbytes: int = 0
+    cps: int = 0
+    inpps: int = 0
+    outpps: int = 0
+    inbps: int = 0
+    outbps: int = 0
+
+
 class LiveDestination(NamedTuple):
     dest: Destination  # as the kernel reports it: draining=False, source=""
     active_conns: int = 0
     inactive_conns: int = 0
     persistent_conns: int = 0
+    stats: IPVSStats = IPVSStats()  # never part of a comparison with a plan
 
 
 class LiveService(NamedTuple):
     service: IPVSService  # destinations=() and owner="": the kernel knows neither
     destinations: tuple[LiveDestination, ...] = ()
+    stats: IPVSStats = IPVSStats()
+
+
+class LiveConnection(NamedTuple):
+    """One entry of the connection table (`ipvsadm -L -n -c`, /proc/net/ip_vs_conn)."""
+
+    protocol: str  # TCP | UDP | SCTP | IP (a firewall-mark template)
+    client: str  # address
+    client_port: int
+    virtual: str
+    virtual_port: int
+    destination: str
+    destination_port: int
+    state: str  # ESTABLISHED, TIME_WAIT, FIN_WAIT, NONE (templates), UDP, ...
+    expires: float  # seconds until the entry expires
 
 
 class OpFailure(NamedTuple):
@@ -96,4 +131,14 @@ class IPVSTable(Protocol):
     def apply(self, ops: Sequence[IPVSOp]) -> list[OpFailure]:
         """Attempt every op in order (batched where the kernel allows) and return the ones
         that failed; never raise for a single op's failure."""
+        ...
+
+    def zero(self, service: ServiceKey | None = None) -> None:
+        """Reset the counters of one service and its destinations, or of every service and
+        the global ones (`ipvsadm -Z [-t|-u|-f ...]`). NotFound for an unknown service."""
+        ...
+
+    def connections(self) -> list[LiveConnection]:
+        """The connection table as `ipvsadm -L -n -c` shows it (IPVS has no netlink dump of
+        it: the real adapter reads /proc/net/ip_vs_conn inside the namespace)."""
         ...

@@ -12,6 +12,10 @@ Attributes are read and written raw, because pyroute2's `from_message()` drops t
 flags, forwarding method, thresholds and tunnel fields, its "update" command deletes, and its
 `tun_port` has the wrong byte order. Values follow include/uapi/linux/ip_vs.h and
 net/netfilter/ipvs/ip_vs_ctl.c (Linux 6.1).
+
+IPVS has no netlink dump of its connection table: `connections()` reads
+/proc/net/ip_vs_conn inside the namespace, as `ipvsadm -L -c` does (its format is
+ip_vs_conn_seq_show in net/netfilter/ipvs/ip_vs_conn.c).
 """
 
 from __future__ import annotations
@@ -46,10 +50,18 @@ from .errors import (
     NotFound,
     PermissionDenied,
 )
-from .ipvs import IPVSOp, IPVSOpKind, LiveDestination, LiveService, OpFailure
+from .ipvs import (
+    IPVSOp,
+    IPVSOpKind,
+    IPVSStats,
+    LiveConnection,
+    LiveDestination,
+    LiveService,
+    OpFailure,
+)
 from .netns import entered
 
-__all__ = ["NetlinkIPVS"]
+__all__ = ["NetlinkIPVS", "parse_ip_vs_conn"]
 
 # --------------------------------------------------------------------------- constants
 
@@ -71,16 +83,21 @@ NLMSGERR_ATTR_MSG = 1
 GENL_VERSION = 1
 CMD_NEW_SERVICE, CMD_SET_SERVICE, CMD_DEL_SERVICE, CMD_GET_SERVICE = 1, 2, 3, 4
 CMD_NEW_DEST, CMD_SET_DEST, CMD_DEL_DEST, CMD_GET_DEST = 5, 6, 7, 8
-CMD_GET_INFO = 15
+CMD_GET_INFO, CMD_ZERO = 15, 16
+INFO_VERSION, INFO_CONN_TAB_SIZE = 1, 2
 
 CMD_ATTR_SERVICE, CMD_ATTR_DEST = 1, 2
 
 SVC_AF, SVC_PROTOCOL, SVC_ADDR, SVC_PORT, SVC_FWMARK = 1, 2, 3, 4, 5
 SVC_SCHED_NAME, SVC_FLAGS, SVC_TIMEOUT, SVC_NETMASK, SVC_PE_NAME = 6, 7, 8, 9, 11
+SVC_STATS, SVC_STATS64 = 10, 12
 
 DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT, DEST_U_THRESH, DEST_L_THRESH = 1, 2, 3, 4, 5, 6
 DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_PERSIST_CONNS = 7, 8, 9
 DEST_ADDR_FAMILY, DEST_TUN_TYPE, DEST_TUN_PORT, DEST_TUN_FLAGS = 11, 13, 14, 15
+DEST_STATS, DEST_STATS64 = 10, 12
+# Inside either stats nest: IPVS_STATS_ATTR_CONNS .. IPVS_STATS_ATTR_OUTBPS, in IPVSStats order.
+STATS_ATTRS = range(1, 11)
 
 SVC_F_PERSISTENT = 0x1
 SVC_F_ONEPACKET = 0x4
@@ -119,6 +136,7 @@ _GENL = struct.Struct("=BBH").pack(0, GENL_VERSION, 0)  # genlmsghdr without cmd
 _NLA = struct.Struct("=HH")
 _U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
+_U64 = struct.Struct("=Q")
 _BE16 = struct.Struct("!H")
 _ERR = struct.Struct("=i")
 _FLAGS = struct.Struct("=II")
@@ -349,6 +367,39 @@ def _get_string(attrs: dict[int, memoryview], kind: int) -> str:
     return "" if value is None else bytes(value).split(b"\0", 1)[0].decode()
 
 
+# ip_vs_genl_fill_stats64 (Linux >= 4.1) writes ten u64 attributes, 1..10 in order; on
+# architectures that pad 64-bit attributes, or on anything else, the generic parse reads it.
+_STATS64_BLOCK = struct.Struct("=" + "HHQ" * len(STATS_ATTRS))
+_STATS64_LENGTHS = (4 + 8,) * len(STATS_ATTRS)
+_STATS64_TYPES = tuple(STATS_ATTRS)
+
+
+def _decode_stats(nest: memoryview) -> IPVSStats:
+    """One stats nest: IPVS_*_ATTR_STATS64 (every value a u64) or the older IPVS_*_ATTR_STATS
+    (u32 values, u64 byte counters). A value's width is its payload's; a missing one is 0."""
+    if len(nest) == _STATS64_BLOCK.size:
+        v = _STATS64_BLOCK.unpack_from(nest)
+        if v[0::3] == _STATS64_LENGTHS and v[1::3] == _STATS64_TYPES:
+            return IPVSStats(*v[2::3])
+    a = _nested(nest)
+    values = []
+    for kind in STATS_ATTRS:
+        raw = a.get(kind)
+        if raw is None or len(raw) < 4:
+            values.append(0)
+        else:
+            values.append(int((_U64 if len(raw) >= 8 else _U32).unpack_from(raw)[0]))
+    return IPVSStats(*values)
+
+
+def _stats_of(a: dict[int, memoryview], stats64: int, stats32: int) -> IPVSStats:
+    """The 64-bit counters where the kernel sends them, else the 32-bit ones (like ipvsadm)."""
+    nest = a.get(stats64)
+    if nest is None:
+        nest = a.get(stats32)
+    return IPVSStats() if nest is None else _decode_stats(nest)
+
+
 def _ip_text(af: int, raw: bytes | memoryview) -> str:
     """Canonical text: dotted quad, or IPv6 compressed the way ipaddress (and the plan) does."""
     if af == socket.AF_INET6:
@@ -448,6 +499,7 @@ def _decode_dest_attrs(a: dict[int, memoryview], service_af: int) -> LiveDestina
         _get_u32(a, DEST_ACTIVE_CONNS),
         _get_u32(a, DEST_INACT_CONNS),
         _get_u32(a, DEST_PERSIST_CONNS),
+        _stats_of(a, DEST_STATS64, DEST_STATS),
     )
 
 
@@ -477,6 +529,7 @@ class _DestLayout(NamedTuple):
     unpack: struct.Struct  # (type, value) pairs of the wanted attributes, in message order
     types: tuple[int, ...]  # what the type fields must read
     positions: tuple[int, ...]  # index of each _DEST_WANTED value in the unpacked tuple
+    stats_at: int  # offset of the IPVS_DEST_ATTR_STATS64 header; -1: the message had none
 
 
 def _learn_dest_layout(nest: memoryview) -> _DestLayout | None:
@@ -489,6 +542,7 @@ def _learn_dest_layout(nest: memoryview) -> _DestLayout | None:
         where[kind] = (off, length - 4)
         off += (length + 3) & ~3
     fields = []
+    stats_at = next((at for kind, (at, _) in where.items() if kind & 0x3FFF == DEST_STATS64), -1)
     for kind, code in _DEST_WANTED:
         if kind not in where or where[kind][1] < _CODE_SIZE[code]:
             return None
@@ -503,7 +557,10 @@ def _learn_dest_layout(nest: memoryview) -> _DestLayout | None:
         types.append(kind)
         index[kind] = 2 * i + 1
     return _DestLayout(
-        struct.Struct(fmt), tuple(types), tuple(index[kind] for kind, _ in _DEST_WANTED)
+        struct.Struct(fmt),
+        tuple(types),
+        tuple(index[kind] for kind, _ in _DEST_WANTED),
+        stats_at,
     )
 
 
@@ -543,7 +600,16 @@ class _DestDecoder:
         dest = Destination(
             address, socket.ntohs(v[p_port]), forward, v[p_w], v[p_u], v[p_l], ttype, tport, tsum
         )
-        return LiveDestination(dest, v[p_act], v[p_ina], v[p_per])
+        return LiveDestination(dest, v[p_act], v[p_ina], v[p_per], self._stats(nest, layout))
+
+    @staticmethod
+    def _stats(nest: memoryview, layout: _DestLayout) -> IPVSStats:
+        at = layout.stats_at
+        if at >= 0:
+            length, kind = _NLA.unpack_from(nest, at)
+            if kind & 0x3FFF == DEST_STATS64 and length >= 4 and at + length <= len(nest):
+                return _decode_stats(nest[at + 4 : at + length])
+        return _stats_of(_nested(nest), DEST_STATS64, DEST_STATS)
 
 
 # --------------------------------------------------------------------------- errors
@@ -745,7 +811,7 @@ class NetlinkIPVS:
     def dump(self) -> list[LiveService]:
         """Services in one dump, then each service's destinations (one dump per service:
         the kernel has no all-destinations dump in 6.1)."""
-        services: list[tuple[IPVSService, int, bytes]] = []
+        services: list[tuple[IPVSService, IPVSStats, int, bytes]] = []
         for payload in self._dump(CMD_GET_SERVICE, b"", "dump IPVS services"):
             top = _nested(payload)
             if CMD_ATTR_SERVICE not in top:
@@ -760,10 +826,11 @@ class NetlinkIPVS:
                     _nla(k, bytes(a[k])) for k in (SVC_AF, SVC_PROTOCOL, SVC_ADDR, SVC_PORT)
                 )
             )
-            services.append((svc, af, _nla(CMD_ATTR_SERVICE, key)))
+            stats = _stats_of(a, SVC_STATS64, SVC_STATS)
+            services.append((svc, stats, af, _nla(CMD_ATTR_SERVICE, key)))
         result: list[LiveService] = []
         decoder = _DestDecoder()
-        for svc, af, key in services:
+        for svc, stats, af, key in services:
             try:
                 messages = self._dump(CMD_GET_DEST, key, f"dump destinations of {svc.key}")
             except NotFound:  # deleted between the two dumps
@@ -773,8 +840,47 @@ class NetlinkIPVS:
                 length, kind = _NLA.unpack_from(payload)
                 if kind & 0x3FFF == CMD_ATTR_DEST:
                     dests.append(decoder.decode(payload[4:length], af))
-            result.append(LiveService(svc, tuple(dests)))
+            result.append(LiveService(svc, tuple(dests), stats))
         return result
+
+    def zero(self, service: ServiceKey | None = None) -> None:
+        """IPVS_CMD_ZERO: one service's counters and rates and its destinations' (ESRCH, so
+        NotFound, when it does not exist), or, without a service, every service's and the
+        global ones (ip_vs_zero_all)."""
+        if service is None:
+            self._dump(CMD_ZERO, b"", "zero every IPVS counter", dump=False)
+            return
+        try:
+            attrs = _nla(CMD_ATTR_SERVICE, _service_key(service))
+        except _EncodeError as exc:
+            raise InvalidArgument(f"zero the counters of {service}: {exc}") from exc
+        self._dump(CMD_ZERO, attrs, f"zero the counters of {service}", dump=False)
+
+    def info(self) -> tuple[str, int]:
+        """IPVS_CMD_GET_INFO: (version "X.Y.Z", connection hash table size), the numbers of
+        `ipvsadm -L`'s first line."""
+        for payload in self._dump(CMD_GET_INFO, b"", "read IPVS info", dump=False):
+            a = _nested(payload)
+            if INFO_VERSION in a:
+                v = _get_u32(a, INFO_VERSION)
+                version = f"{(v >> 16) & 0xFF}.{(v >> 8) & 0xFF}.{v & 0xFF}"
+                return version, _get_u32(a, INFO_CONN_TAB_SIZE)
+        raise KernelError("read IPVS info: the kernel sent no version")
+
+    def connections(self) -> list[LiveConnection]:
+        """/proc/net/ip_vs_conn of the namespace (opened from inside it: /proc/thread-self
+        follows this thread's setns, /proc/self would show the main thread's namespace)."""
+        try:
+            with entered(self.netns), open(CONN_PROC_FILE, encoding="ascii") as handle:
+                text = handle.read()
+        except FileNotFoundError as exc:
+            raise KernelUnavailable(
+                "IPVS is not available in this kernel (no /proc/net/ip_vs_conn): "
+                "load the ip_vs module: modprobe ip_vs"
+            ) from exc
+        except OSError as exc:
+            raise _translate(exc.errno or errno.EIO, f"read {CONN_PROC_FILE}") from exc
+        return parse_ip_vs_conn(text)
 
     def apply(self, ops: Sequence[IPVSOp]) -> list[OpFailure]:
         """Every op in order, `batch` per send; failures come back per op."""
@@ -837,6 +943,57 @@ class NetlinkIPVS:
             raise _transport(exc, f"apply {len(chunk)} IPVS operations") from exc
         self.close()
         raise KernelError(f"no acknowledgement for the last of {len(chunk)} IPVS operations")
+
+
+# --------------------------------------------------------------------------- connections
+
+CONN_PROC_FILE = "/proc/thread-self/net/ip_vs_conn"
+
+
+def _conn_address(text: str) -> str:
+    """ip_vs_conn_seq_show prints IPv4 as 8 hex digits (%08X of the host-order address) and
+    IPv6 as %pI6 (eight 4-digit groups); both become canonical text here."""
+    try:
+        if ":" in text:
+            return str(ipaddress.IPv6Address(text))
+        return socket.inet_ntop(socket.AF_INET, int(text, 16).to_bytes(4, "big"))
+    except (ValueError, OverflowError) as exc:
+        raise KernelError(f"unexpected address {text!r} in /proc/net/ip_vs_conn") from exc
+
+
+def parse_ip_vs_conn(text: str) -> list[LiveConnection]:
+    """The entries of /proc/net/ip_vs_conn, in the kernel's order. Linux 6.1 prints, after a
+    header line, one line per entry:
+    `%-3s <caddr> %04X <vaddr> %04X <daddr> %04X %-11s %7u[ <pe name> <pe data>]`
+    (protocol, client, virtual and destination address and port, state, seconds to expiry;
+    the persistence-engine fields only for templates of a service with one)."""
+    out: list[LiveConnection] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields or fields[0] == "Pro":
+            continue
+        if len(fields) < 9:
+            raise KernelError(f"unexpected line in /proc/net/ip_vs_conn: {line!r}")
+        proto, caddr, cport, vaddr, vport, daddr, dport, state, expires = fields[:9]
+        try:
+            ports = int(cport, 16), int(vport, 16), int(dport, 16)
+            seconds = int(expires)
+        except ValueError as exc:
+            raise KernelError(f"unexpected line in /proc/net/ip_vs_conn: {line!r}") from exc
+        out.append(
+            LiveConnection(
+                protocol=proto,
+                client=_conn_address(caddr),
+                client_port=ports[0],
+                virtual=_conn_address(vaddr),
+                virtual_port=ports[1],
+                destination=_conn_address(daddr),
+                destination_port=ports[2],
+                state=state,
+                expires=float(seconds),
+            )
+        )
+    return out
 
 
 def _transport(exc: OSError, what: str) -> KernelError:
