@@ -29,6 +29,8 @@ __all__ = [
     "JUMP_COMMENT",
     "MARK_CHAIN",
     "SNAT_CHAIN",
+    "compare_dests",
+    "compare_services",
     "ipvsadm_save",
     "mark_rule_args",
     "node_commands",
@@ -74,7 +76,9 @@ def _cmp_addr(a: str, b: str) -> int:
     return r
 
 
-def _cmp_services(a: IPVSService, b: IPVSService) -> int:
+def compare_services(a: IPVSService, b: IPVSService) -> int:
+    """ipvsadm's sort order of services (ipvs_cmp_services): ipvsadm-save and `ipvsadm -L`
+    print in it, and so do `lvsctl save` and `lvsctl list`."""
     for r in (
         _s32(a.key.fwmark - b.key.fwmark),
         _AF[a.key.family] - _AF[b.key.family],
@@ -87,7 +91,8 @@ def _cmp_services(a: IPVSService, b: IPVSService) -> int:
     return 0
 
 
-def _cmp_dests(a: Destination, b: Destination) -> int:
+def compare_dests(a: Destination, b: Destination) -> int:
+    """ipvsadm's sort order of a service's destinations (ipvs_cmp_dests)."""
     return _cmp_addr(a.address, b.address) or (a.port - b.port)
 
 
@@ -140,10 +145,10 @@ def _dest_line(svc: str, d: Destination) -> str:
 def ipvsadm_save(services: Iterable[IPVSService]) -> list[str]:
     """The lines `ipvsadm -S -n` prints for these services, in ipvsadm's order."""
     lines: list[str] = []
-    for s in sorted(services, key=functools.cmp_to_key(_cmp_services)):
+    for s in sorted(services, key=functools.cmp_to_key(compare_services)):
         lines.append(_service_line(s))
         name = _service_name(s)
-        for d in sorted(s.destinations, key=functools.cmp_to_key(_cmp_dests)):
+        for d in sorted(s.destinations, key=functools.cmp_to_key(compare_dests)):
             lines.append(_dest_line(name, d))
     return lines
 
