@@ -31,7 +31,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -41,10 +41,11 @@ from typing import Any, Protocol
 from ..api.objects import API_GROUP
 from ..compiler.plan import PLAN_FORMAT_VERSION, NodePlan, plan_from_dict
 from ..compiler.shards import PublishedPlan, ShardError, merge_plans
+from ..kernel.ipvs import IPVSOp, IPVSOpKind
 from ..observability import AgentMetrics
 from .cache import CachingKernel
 from .reconcile import InSync, Kernel, ReconcileReport, reconcile
-from .state import AgentState
+from .state import AgentState, DrainKey
 
 __all__ = [
     "Backoff",
@@ -61,7 +62,9 @@ __all__ = [
     "Reason",
     "WatchExpired",
     "agent_identity",
+    "drift_kinds",
     "kubernetes_plan_source",
+    "step_kinds",
 ]
 
 log = logging.getLogger("lvs_operator.agent")
@@ -498,6 +501,25 @@ def _bounded(items: list[str]) -> list[str]:
     return [*kept, f"... and {len(items) - len(kept)} more"]
 
 
+def step_kinds(report: ReconcileReport) -> list[str]:
+    """`layer/verb` of each change of a pass (lvs_agent_operations_total's kind)."""
+    return [f"{s.layer}/{s.verb}" for s in report.steps]
+
+
+def drift_kinds(report: ReconcileReport, draining: Collection[DrainKey]) -> list[str]:
+    """The changes of a timer pass over an unchanged, cleanly applied plan that repaired
+    drift: every change except deleting a destination that was already draining before the
+    pass (`draining`: the drain keys then), which is a drain ending, not drift."""
+    out = []
+    for s in report.steps:
+        t = s.target
+        if (isinstance(t, IPVSOp) and t.kind is IPVSOpKind.DEL_DEST and t.dest is not None
+                and (t.service.key, t.dest.address, t.dest.port) in draining):
+            continue
+        out.append(f"{s.layer}/{s.verb}")
+    return out
+
+
 def agent_identity() -> str:
     """`lvs-agent <version> on <hostname>`, for the status' `agent` field."""
     try:
@@ -557,6 +579,7 @@ class ClusterAgent:
         self.applied_generation: int | None = None
         self._applied_key: tuple[str, int] | None = None  # (uid, generation)
         self._report: ReconcileReport | None = None
+        self._passed_plan: NodePlan | None = None  # the plan of the last pass (drift metric)
         self._next_full: float | None = None  # None: no pass yet
         self._synced_at: float | None = None  # wall time of the last pass
 
@@ -705,6 +728,7 @@ class ClusterAgent:
                 "the API server failed while %s (%s); keeping the kernel as last applied (%s) "
                 "and retrying with backoff up to %.0fs",
                 doing, exc, kept, self._api_backoff.cap,
+                extra={"node": self.node, "object": {"kind": "NodePlan", "name": self.node}},
             )
 
     def _api_ok(self) -> None:
@@ -745,14 +769,18 @@ class ClusterAgent:
                 if self.plan is not None else ""
             )
             self._problem = (Reason.UNSUPPORTED_PLAN, f"{exc}{kept}", latest.generation)
-            log.error("generation %d cannot be applied: %s%s", latest.generation, exc, kept)
+            log.error("generation %d cannot be applied: %s%s", latest.generation, exc, kept,
+                      extra={"node": self.node, "generation": latest.generation,
+                             "object": {"kind": "NodePlan", "name": latest.name}})
             return
         self._pending = False
         self._problem = None
         self.plan = plan
         self._applied_key = (latest.uid, latest.generation)
         self.applied_generation = latest.generation
-        log.info("applying generation %d of NodePlan %s", latest.generation, latest.name)
+        log.info("applying generation %d of NodePlan %s", latest.generation, latest.name,
+                 extra={"node": self.node, "generation": latest.generation,
+                        "object": {"kind": "NodePlan", "name": latest.name}})
         self._pass(full=self._next_full is None)
 
     def _assemble(self, latest: PublishedNodePlan) -> NodePlan:
@@ -817,6 +845,11 @@ class ClusterAgent:
             return
         now = self._clock()
         began = time.monotonic()
+        # A timer pass of the plan the last clean pass applied: whatever it changes, apart
+        # from drains ending, is drift.
+        drift_check = (full and not self.dry_run and plan is self._passed_plan
+                       and self._report is not None and not self._report.failures)
+        draining = set(self._state.drains) if drift_check else set()
         self._alive_at, self._in_pass = now, True
         try:
             if full:
@@ -837,10 +870,19 @@ class ClusterAgent:
             self._alive_at, self._in_pass = self._clock(), False
         self.metrics.observe_pass(full=full, seconds=time.monotonic() - began,
                                   failed=bool(report.failures),
-                                  generation=self.applied_generation)
+                                  generation=self.applied_generation,
+                                  operations=() if self.dry_run else step_kinds(report),
+                                  errors=len(report.failures),
+                                  drift=drift_kinds(report, draining) if drift_check else ())
+        self._passed_plan = plan
         if report.steps or report.failures:
-            log.info("%s pass of generation %d: %s in %.2f s", "full" if full else "cached",
-                     self.applied_generation, report.summary(), time.monotonic() - started)
+            log.log(logging.WARNING if report.failures else logging.INFO,
+                    "%s pass of generation %d: %s in %.2f s", "full" if full else "cached",
+                    self.applied_generation, report.summary(), time.monotonic() - started,
+                    extra={"node": self.node, "generation": self.applied_generation,
+                           "changes": len(report.steps), "failures": len(report.failures),
+                           "warnings": len(report.warnings),
+                           "draining": report.waiting_drains})
         if report.failures:  # read again next time rather than trust what we think we wrote
             self._caching.refresh()
             self._in_sync.clear()

@@ -27,9 +27,23 @@ from typing import Any
 import yaml
 
 from ..compiler.plan import NodePlan, plan_from_dict
-from ..observability import HealthServer, address_arg
+from ..observability import (
+    LOG_FORMATS,
+    AgentMetrics,
+    Check,
+    HealthServer,
+    PassWatch,
+    address_arg,
+    configure_logging,
+)
 from .cache import CachingKernel
-from .cluster import ClusterAgent, PlanSourceError, kubernetes_plan_source
+from .cluster import (
+    ClusterAgent,
+    PlanSourceError,
+    drift_kinds,
+    kubernetes_plan_source,
+    step_kinds,
+)
 from .reconcile import InSync, Kernel, ReconcileReport, reconcile
 from .state import AgentState, load_state, save_state
 
@@ -38,6 +52,8 @@ __all__ = ["load_plan", "main", "real_kernel"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+log = logging.getLogger("lvs_operator.agent")
 
 
 class PlanFileError(ValueError):
@@ -116,6 +132,44 @@ def _print_report(report: ReconcileReport, dry_run: bool, as_json: bool) -> None
     print(f"lvs-agent: {report.summary()}", file=sys.stderr)
 
 
+def _log_report(report: ReconcileReport, dry_run: bool, node: str) -> None:
+    """The report as log records (--log-format json: no stray text lines among them)."""
+    verb = "would apply" if dry_run else "applied"
+    for step in report.steps:
+        log.info("%s: %s", verb, step, extra={"node": node, "change": str(step)})
+    for w in report.warnings:
+        log.warning("%s", w, extra={"node": node})
+    for f in report.failures:
+        log.error("%s", f, extra={"node": node})
+
+
+def _metrics_table(netns: str | None) -> Any:
+    """An IPVS table of its own for /metrics (agent loop's adapter stays the loop's)."""
+    from ..kernel.real_ipvs import NetlinkIPVS
+
+    return NetlinkIPVS(netns)
+
+
+def _start_health(address: tuple[str, int], healthz: Check, readyz: Check,
+                  metrics: AgentMetrics) -> HealthServer | None:
+    server = HealthServer(address, healthz=healthz, readyz=readyz, registry=metrics.registry)
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"lvs-agent: cannot serve on {address[0]}:{address[1]}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return None
+    return server
+
+
+def _bool_arg(text: str) -> bool:
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(
+        text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"want true or false, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lvs-agent",
@@ -178,14 +232,31 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         type=address_arg,
         default=None,
-        help="cluster mode: serve /healthz, /readyz and /metrics here, e.g. 0.0.0.0:9474 "
-        "(default: none)",
+        help="serve /healthz, /readyz and /metrics here, e.g. 0.0.0.0:9474, in cluster mode "
+        "and with --plan FILE --watch (default: none)",
+    )
+    p.add_argument(
+        "--metrics-backends",
+        type=_bool_arg,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="true|false",
+        help="export the lvs_backend_* series, 11 per real server (default true); "
+        "--metrics-backends=false keeps only the per-service ones, for nodes with very many "
+        "real servers (docs/metrics.md)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (default) or json: one JSON object per line with time, level, logger, "
+        "message, node and the object concerned",
     )
     return p
 
 
 def _cluster_main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="lvs-agent: %(message)s", stream=sys.stderr)
     # The agent logs each change of the API's health once; urllib3 would log every retry.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     state_path = args.state_dir / f"{args.node}.json"
@@ -208,9 +279,13 @@ def _cluster_main(args: argparse.Namespace) -> int:
         save_state(state_path, s)
 
     def report(r: ReconcileReport) -> None:
+        if args.log_format == "json":
+            _log_report(r, args.dry_run, args.node)
+            return
         _print_report(r, args.dry_run, args.json)
         sys.stdout.flush()
 
+    metrics = AgentMetrics()
     agent = ClusterAgent(
         args.node,
         source,
@@ -220,6 +295,7 @@ def _cluster_main(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         persist=persist,
         on_report=report,
+        metrics=metrics,
     )
 
     def stop(_sig: int, _frame: FrameType | None) -> None:
@@ -227,14 +303,11 @@ def _cluster_main(args: argparse.Namespace) -> int:
 
     server = None
     if args.health_address is not None:
-        server = HealthServer(args.health_address, healthz=agent.liveness,
-                              readyz=agent.readiness, registry=agent.metrics.registry)
-        try:
-            server.start()
-        except OSError as exc:
-            host, port = args.health_address
-            print(f"lvs-agent: cannot serve on {host}:{port}: {exc.strerror or exc}",
-                  file=sys.stderr)
+        metrics.watch_ipvs(_metrics_table(args.netns).dump, lambda: agent.plan,
+                           owns=lambda key: key in state.owned_services,
+                           backends=args.metrics_backends)
+        server = _start_health(args.health_address, agent.liveness, agent.readiness, metrics)
+        if server is None:
             return EXIT_USAGE
 
     signal.signal(signal.SIGTERM, stop)
@@ -252,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.interval <= 0:
         parser.error("--interval must be positive")
+    configure_logging(args.log_format, text_format="lvs-agent: %(message)s",
+                      fields={"node": args.node})
     if args.plan is None:
         return _cluster_main(args)
     if args.kubeconfig is not None:
@@ -284,6 +359,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     mtime = args.plan.stat().st_mtime
+    metrics = AgentMetrics()
+    watch = PassWatch(args.interval)
+    metrics_plan = [plan]  # what /metrics reports on (read from the health server's threads)
+    server = None
+    if args.health_address is not None:
+        metrics.watch_ipvs(_metrics_table(args.netns).dump, lambda: metrics_plan[0],
+                           owns=lambda key: key in state.owned_services,
+                           backends=args.metrics_backends)
+        server = _start_health(args.health_address, watch.liveness, watch.readiness, metrics)
+        if server is None:
+            return EXIT_USAGE
+    last: ReconcileReport | None = None
     # Passes caused by a new plan diff against a cached view of the kernel (a full read costs
     # seconds at 10,000 services; the change is one message); the timer's passes read the
     # kernel itself, which is what repairs drift and decides drains.
@@ -291,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_sync: InSync = {}
     full_read = True
     while not stopping:
+        began = time.monotonic()
+        # a timer pass of the plan the last clean pass applied: its changes repair drift
+        drift_check = full_read and last is not None and not last.failures and not args.dry_run
+        draining = set(state.drains) if drift_check else set()
         if full_read:
             caching.refresh()
             in_sync.clear()
@@ -302,15 +393,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             persist=None if args.dry_run else persist,
             in_sync=in_sync,
         )
+        metrics.observe_pass(full=full_read, seconds=time.monotonic() - began,
+                             failed=bool(report.failures), generation=None,
+                             operations=() if args.dry_run else step_kinds(report),
+                             errors=len(report.failures),
+                             drift=drift_kinds(report, draining) if drift_check else ())
+        last = report
+        watch.passed(f"plan applied: {report.summary()}")
         if report.failures:  # read again next time rather than trust what we think we wrote
             caching.refresh()
             in_sync.clear()
         if report.steps or report.failures:
-            _print_report(report, args.dry_run, args.json)
+            if args.log_format == "json":
+                _log_report(report, args.dry_run, args.node)
+                log.log(logging.WARNING if report.failures else logging.INFO,
+                        "%s pass: %s", "full" if full_read else "cached", report.summary(),
+                        extra={"changes": len(report.steps), "failures": len(report.failures),
+                               "warnings": len(report.warnings),
+                               "draining": report.waiting_drains})
+            else:
+                _print_report(report, args.dry_run, args.json)
         sys.stdout.flush()
         deadline = time.monotonic() + args.interval
         full_read = True
         while not stopping and time.monotonic() < deadline:
+            watch.beat()
             time.sleep(min(0.2, args.interval))
             try:
                 current = args.plan.stat().st_mtime
@@ -321,10 +428,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 try:
                     plan = load_plan(args.plan, args.node)
                 except PlanFileError as exc:
-                    print(f"lvs-agent: keeping the last good plan: {exc}", file=sys.stderr)
+                    log.warning("keeping the last good plan: %s", exc)
                     continue
+                metrics_plan[0] = plan
                 full_read = False
                 break
+    if server is not None:
+        server.stop()
     return EXIT_OK
 
 

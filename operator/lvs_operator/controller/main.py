@@ -23,7 +23,14 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..observability import HealthServer, LoopWatch, OperatorMetrics, address_arg
+from ..observability import (
+    LOG_FORMATS,
+    HealthServer,
+    LoopWatch,
+    OperatorMetrics,
+    address_arg,
+    configure_logging,
+)
 
 if TYPE_CHECKING:
     from .leader import LeaseElector
@@ -76,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
         "node (default 120)",
     )
     p.add_argument("--verbose", action="store_true", help="log every event kopf sees")
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (default) or json: one JSON object per line with time, level, logger, "
+        "message and the object concerned ({kind, namespace, name})",
+    )
     le = p.add_argument_group("leader election (one active replica at a time)")
     le.add_argument(
         "--leader-elect",
@@ -131,10 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .operator import Operator, register_handlers
     from .state import ControllerState
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_format, level=logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
         logging.getLogger("kopf").setLevel(logging.WARNING)
     selector = (

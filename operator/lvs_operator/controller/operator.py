@@ -133,6 +133,9 @@ class Operator:
         self.rounds += 1
         self.metrics.publish_rounds.inc()
         writes, gone = self.state.plans_to_publish()
+        if self.state.last_compile is not None:
+            kind, seconds = self.state.last_compile
+            self.metrics.compile_duration.labels(kind).observe(seconds)
         results = await asyncio.gather(*(self._publish(w) for w in writes))
         failed = [w.node for w, ok in zip(writes, results, strict=True) if not ok]
         for node in gone:
@@ -143,13 +146,15 @@ class Operator:
         self.state.after_publish(failed)
         await asyncio.gather(*(self._add_finalizer(r) for r in self.state.needs_finalizer()))
         statuses, events = self.state.status_writes()
+        self.metrics.set_virtualservices(self.state.virtualservice_conditions())
         await asyncio.gather(*(self._write_status(s) for s in statuses))
         await asyncio.gather(*(self._post_event(e) for e in events))
         await asyncio.gather(
             *(self._remove_finalizer(ref, note) for ref, note in self.state.finalizable())
         )
         if failed:
-            log.warning("could not publish plans for %s; retrying", ", ".join(failed))
+            log.warning("could not publish plans for %s; retrying", ", ".join(failed),
+                        extra={"nodes": failed})
 
     async def _publish(self, out: Any) -> bool:
         node = out.node
@@ -163,7 +168,8 @@ class Operator:
             for name in out.obsolete:
                 await self._call(self.api.delete, f"{SHARDS}/{quote(name)}")
         except ApiError as exc:
-            log.warning("publishing the plan of node %s failed: %s", node, exc)
+            log.warning("publishing the plan of node %s failed: %s", node, exc,
+                        extra={"node": node, "object": {"kind": "NodePlan", "name": node}})
             self.state.publish_failed(node)
             return False
         return True
@@ -193,9 +199,11 @@ class Operator:
             for name in self.state.sharder.forget(node):
                 await self._call(self.api.delete, f"{SHARDS}/{quote(name)}")
             self.state.removed(node)
-            log.info("node %s is gone or has no agent: its NodePlan was removed", node)
+            log.info("node %s is gone or has no agent: its NodePlan was removed", node,
+                     extra={"node": node, "object": {"kind": "NodePlan", "name": node}})
         except ApiError as exc:
-            log.warning("removing the NodePlan of node %s failed: %s", node, exc)
+            log.warning("removing the NodePlan of node %s failed: %s", node, exc,
+                        extra={"node": node, "object": {"kind": "NodePlan", "name": node}})
 
     async def _add_finalizer(self, ref: ObjectRef) -> None:
         await self._edit_finalizers(ref, add=True)
@@ -222,7 +230,7 @@ class Operator:
             return True
         except ApiError as exc:
             if exc.status not in (404, 409):
-                log.warning("finalizer on %s: %s", ref, exc)
+                log.warning("finalizer on %s: %s", ref, exc, extra={"object": ref})
             if exc.status == 409:  # changed under us: read it again next round
                 self.wake.set()
             return False
@@ -236,11 +244,14 @@ class Operator:
             )
         except ApiError as exc:
             if exc.status != 404:
-                log.warning("status of %s: %s", write.ref, exc)
+                log.warning("status of %s: %s", write.ref, exc, extra={"object": write.ref})
                 self.state.status_write_failed(write.ref)
 
     async def _post_event(self, ev: EventRecord) -> None:
         ref = ev.ref
+        # Each Event is a status change (or a warning): in the log too, naming the object.
+        log.log(logging.WARNING if ev.type == "Warning" else logging.INFO, "%s: %s: %s",
+                ref, ev.reason, ev.message, extra={"object": ref, "reason": ev.reason})
         body = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -267,7 +278,7 @@ class Operator:
                 self.api.create, f"/api/v1/namespaces/{quote(ref.namespace)}/events", body
             )
         except ApiError as exc:
-            log.info("event for %s not posted: %s", ref, exc)
+            log.info("event for %s not posted: %s", ref, exc, extra={"object": ref})
 
 
 def _event_time() -> str:

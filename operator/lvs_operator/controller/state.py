@@ -121,6 +121,11 @@ class ControllerState:
         self._refs_by_node: dict[str, set[ObjectRef]] = {}
         self._nodes_of: dict[ObjectRef, frozenset[str]] = {}
         self._pending: set[ObjectRef] = set()  # VirtualServices whose new form is unpublished
+        # metrics: ("full" | "incremental", seconds) of the last plans_to_publish that
+        # compiled something (None: it had nothing to do), and the condition counts
+        self.last_compile: tuple[str, float] | None = None
+        self._compiled_once = False
+        self._condition_counts: dict[tuple[str, str, str], int] | None = None
 
     # ------------------------------------------------------------------ input
 
@@ -153,6 +158,7 @@ class ControllerState:
             own = self._own.pop(ref, None)
             if own is not None:
                 self._status_dirty.discard(ref)
+                self._condition_counts = None
         if kind == "Node":
             self._node_labels.pop(name, None)
             self._update_agent_nodes()
@@ -172,6 +178,7 @@ class ControllerState:
         own.status = dict(doc.get("status") or {})
         own.deleting = bool(meta.get("deletionTimestamp"))
         self._status_dirty.add(ref)
+        self._condition_counts = None
         if own.deleting:
             own.invalid = ""
             if ref in self._seen:
@@ -223,8 +230,10 @@ class ControllerState:
     def plans_to_publish(self) -> tuple[list[PublishedPlan], list[str]]:
         """NodePlan/shard writes for every node whose plan changed, and nodes whose NodePlan
         must go (the Node is gone or has no agent any more)."""
+        began = time.perf_counter()
         changed = self.compiler.take_changed_nodes()
-        for ref in self.compiler.take_changed_refs():
+        refs = self.compiler.take_changed_refs()
+        for ref in refs:
             own = self._own.get(ref)
             if own is not None:
                 own.pending = True
@@ -242,6 +251,11 @@ class ControllerState:
                     out = self.sharder.update(self.compiler.plan(node))
                 writes.append(out)
         gone = sorted(self._published_nodes - agent_nodes)
+        self.last_compile = None
+        if changed or refs or writes:
+            kind = "incremental" if self._compiled_once else "full"
+            self.last_compile = (kind, time.perf_counter() - began)
+            self._compiled_once = True
         return writes, gone
 
     def published(self, node: str, generation: int) -> None:
@@ -361,7 +375,24 @@ class ControllerState:
             events.extend(self._events(own, status))
             own.status = status
             writes.append(StatusWrite(ref, status))
+        if writes:
+            self._condition_counts = None
         return writes, events
+
+    def virtualservice_conditions(self) -> dict[tuple[str, str, str], int]:
+        """(condition type, status, reason) -> how many VirtualServices (not being deleted)
+        carry it, for lvs_operator_virtualservices; recounted only after a change."""
+        if self._condition_counts is None:
+            counts: dict[tuple[str, str, str], int] = {}
+            for ref, own in self._own.items():
+                if ref.kind != "VirtualService" or own.deleting:
+                    continue
+                for c in own.status.get("conditions") or ():
+                    if isinstance(c, Mapping) and c.get("type"):
+                        key = (str(c["type"]), str(c.get("status", "")), str(c.get("reason", "")))
+                        counts[key] = counts.get(key, 0) + 1
+            self._condition_counts = counts
+        return self._condition_counts
 
     def _status_of(self, own: _Own, issues: tuple[Issue, ...], now: float) -> dict[str, Any]:
         conds: list[tuple[str, bool, str, str]] = []  # type, status, reason, message
@@ -475,6 +506,7 @@ class ControllerState:
         if own is not None:
             own.status = {}
             self._status_dirty.add(ref)
+            self._condition_counts = None
 
     def uid_of(self, ref: ObjectRef) -> str:
         own = self._own.get(ref)

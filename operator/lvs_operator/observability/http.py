@@ -27,7 +27,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-__all__ = ["Check", "HealthServer", "LoopWatch", "address_arg", "parse_address"]
+__all__ = ["Check", "HealthServer", "LoopWatch", "PassWatch", "address_arg", "parse_address"]
 
 log = logging.getLogger("lvs_operator.observability")
 
@@ -198,3 +198,34 @@ class LoopWatch:
         if stalled > limit:
             return False, f"the event loop has not run for {stalled:.1f} s"
         return True, "event loop running"
+
+
+class PassWatch:
+    """Liveness and readiness of a synchronous pass loop (`lvs-agent --plan FILE --watch`):
+    the loop calls `beat()` on every turn and `passed(what)` after each pass. Live while it
+    beats within max(3 x interval, 60 s); ready after the first pass. Read from the health
+    server's threads."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = max(3 * interval, 60.0)
+        self._clock = clock
+        self._beat = clock()
+        self._passed: str | None = None
+
+    def beat(self) -> None:
+        self._beat = self._clock()
+
+    def passed(self, what: str) -> None:
+        self._beat = self._clock()
+        self._passed = what
+
+    def liveness(self) -> tuple[bool, str]:
+        idle = self._clock() - self._beat
+        if idle > self.limit:
+            return False, f"the agent loop has not run for {idle:.0f} s (limit {self.limit:.0f} s)"
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._passed is None:
+            return False, "the first pass has not finished yet"
+        return True, self._passed
