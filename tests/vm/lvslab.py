@@ -11,6 +11,7 @@ import contextlib
 import http.server
 import socket
 import socketserver
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -111,6 +112,11 @@ def program(lab: dict[str, Netns], docs: list[dict[str, Any]], state_dir: Path,
 class _Threaded(socketserver.ThreadingMixIn):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # health probes close with an RST (SO_LINGER 0): not worth a traceback
+        if not isinstance(sys.exc_info()[1], ConnectionResetError):
+            super().handle_error(request, client_address)  # type: ignore[misc]
 
 
 @contextlib.contextmanager

@@ -44,6 +44,7 @@ from ..compiler.shards import PublishedPlan, ShardError, merge_plans
 from ..kernel.ipvs import IPVSOp, IPVSOpKind
 from ..observability import AgentMetrics
 from .cache import CachingKernel
+from .health_monitor import HealthMonitor, apply_health
 from .reconcile import InSync, Kernel, ReconcileReport, reconcile
 from .state import AgentState, DrainKey
 
@@ -480,6 +481,10 @@ class Backoff:
         self._next = self.first
 
 
+class _Woken(BaseException):
+    """Raised inside a blocking wait (from the SIGUSR1 handler) to run a pass now."""
+
+
 class _Interrupted(BaseException):
     """Raised by stop() into a blocking wait (from a signal handler); never into a pass."""
 
@@ -557,6 +562,7 @@ class ClusterAgent:
         backoff: Callable[[], Backoff] = Backoff,
         identity: str | None = None,
         metrics: AgentMetrics | None = None,
+        health: HealthMonitor | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -607,6 +613,8 @@ class ClusterAgent:
 
         self._stopping = False
         self._blocking = False
+        self._health = health
+        self._woken = False  # a health verdict changed: run a pass at once
 
     # ---- control
 
@@ -617,6 +625,17 @@ class ClusterAgent:
         if self._blocking:
             self._blocking = False
             raise _Interrupted()
+
+    def wake(self) -> None:
+        """Ask for a pass now (thread-safe; the health monitor calls it on a transition). A
+        blocking wait is cut short by `interrupt()`, which the SIGUSR1 handler calls."""
+        self._woken = True
+
+    def interrupt(self) -> None:
+        """From a signal handler: end a blocking wait if one is in progress."""
+        if self._blocking and self._woken:
+            self._blocking = False
+            raise _Woken()
 
     @property
     def stopping(self) -> bool:
@@ -659,6 +678,9 @@ class ClusterAgent:
             self._apply_latest()
         if self._next_full is not None and self._clock() >= self._next_full:
             self._pass(full=True)
+        elif self._woken:
+            self._woken = False
+            self._pass(full=False)
         self._publish_status()
         if not self._stopping:
             self._wait()
@@ -776,6 +798,8 @@ class ClusterAgent:
         self._pending = False
         self._problem = None
         self.plan = plan
+        if self._health is not None:
+            self._health.update(plan)
         self._applied_key = (latest.uid, latest.generation)
         self.applied_generation = latest.generation
         log.info("applying generation %d of NodePlan %s", latest.generation, latest.name,
@@ -858,13 +882,18 @@ class ClusterAgent:
                 due = (self._next_full if self._next_full is not None else now) + self.interval
                 self._next_full = due if due > now else now + self.interval
             started = time.monotonic()
+            effective, dead = plan, frozenset[DrainKey]()
+            if self._health is not None:
+                self._woken = False  # this pass reads the verdicts as they are now
+                effective, dead = apply_health(plan, self._health.overlay())
             report = reconcile(
-                plan,
+                effective,
                 self._caching.view,
                 self._state,
                 dry_run=self.dry_run,
                 persist=None if self.dry_run else self._persist,
                 in_sync=self._in_sync,
+                dead=dead,
             )
         finally:
             self._alive_at, self._in_pass = self._clock(), False
@@ -1013,6 +1042,8 @@ class ClusterAgent:
     def _deadline(self) -> float:
         """The next moment step() has something to do, API retries aside."""
         now = self._clock()
+        if self._woken:
+            return now
         deadlines = [now + self.interval, self._status_due(self.status_body())]
         if self._next_full is not None:
             deadlines.append(self._next_full)
@@ -1028,7 +1059,8 @@ class ClusterAgent:
         if deadline <= now:
             return
         if self._rv is None or (self._api_down and now < self._api_retry_at):
-            self._sleep(min(deadline, max(self._api_retry_at, now)) - now)
+            with contextlib.suppress(_Woken):
+                self._sleep(min(deadline, max(self._api_retry_at, now)) - now)
             return
         events: Iterator[PlanEvent] | None = None
         try:
@@ -1040,6 +1072,8 @@ class ClusterAgent:
                     break
             else:
                 self._api_ok()
+        except _Woken:
+            pass  # the watch resumes from the same resourceVersion after the pass
         except WatchExpired:
             log.info("the watch position expired; listing the NodePlan again")
             self._rv = None
@@ -1054,6 +1088,9 @@ class ClusterAgent:
     def _interruptible(self, events: Iterator[PlanEvent]) -> Iterator[PlanEvent]:
         while not self._stopping:
             self._blocking = True
+            if self._woken:
+                self._blocking = False
+                return
             try:
                 event = next(events, None)
             finally:
@@ -1065,7 +1102,7 @@ class ClusterAgent:
     def _sleep(self, seconds: float) -> None:
         self._blocking = True
         try:
-            if not self._stopping:
+            if not self._stopping and not self._woken:
                 self._sleep_fn(seconds)
         finally:
             self._blocking = False

@@ -18,6 +18,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +45,7 @@ from .cluster import (
     kubernetes_plan_source,
     step_kinds,
 )
+from .health_monitor import HealthMonitor, apply_health
 from .reconcile import InSync, Kernel, ReconcileReport, reconcile
 from .state import AgentState, load_state, save_state
 
@@ -286,6 +288,7 @@ def _cluster_main(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     metrics = AgentMetrics()
+    health = HealthMonitor(netns=args.netns, on_change=lambda: _wake(agent))
     agent = ClusterAgent(
         args.node,
         source,
@@ -296,6 +299,7 @@ def _cluster_main(args: argparse.Namespace) -> int:
         persist=persist,
         on_report=report,
         metrics=metrics,
+        health=health,
     )
 
     def stop(_sig: int, _frame: FrameType | None) -> None:
@@ -312,12 +316,25 @@ def _cluster_main(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGUSR1, lambda _sig, _frame: agent.interrupt())
+    health.start()
     try:
         agent.run()
     finally:
+        health.stop()
         if server is not None:
             server.stop()
     return EXIT_OK
+
+
+_MAIN_THREAD = threading.main_thread()
+
+
+def _wake(agent: ClusterAgent) -> None:
+    """From the health monitor's thread: a pass now, cutting a blocking watch short."""
+    agent.wake()
+    if _MAIN_THREAD.ident is not None:
+        signal.pthread_kill(_MAIN_THREAD.ident, signal.SIGUSR1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -377,6 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     caching = CachingKernel(kernel)
     in_sync: InSync = {}
     full_read = True
+    verdicts = threading.Event()  # a health check changed its verdict: pass now
+    health = HealthMonitor(netns=args.netns, on_change=verdicts.set)
+    health.update(plan)
+    health.start()
     while not stopping:
         began = time.monotonic()
         # a timer pass of the plan the last clean pass applied: its changes repair drift
@@ -385,13 +406,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if full_read:
             caching.refresh()
             in_sync.clear()
+        verdicts.clear()
+        effective, dead = apply_health(plan, health.overlay())
         report = reconcile(
-            plan,
+            effective,
             caching.view,
             state,
             dry_run=args.dry_run,
             persist=None if args.dry_run else persist,
             in_sync=in_sync,
+            dead=dead,
         )
         metrics.observe_pass(full=full_read, seconds=time.monotonic() - began,
                              failed=bool(report.failures), generation=None,
@@ -418,6 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         full_read = True
         while not stopping and time.monotonic() < deadline:
             watch.beat()
+            if verdicts.is_set():
+                full_read = False
+                break
             time.sleep(min(0.2, args.interval))
             try:
                 current = args.plan.stat().st_mtime
@@ -431,8 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     log.warning("keeping the last good plan: %s", exc)
                     continue
                 metrics_plan[0] = plan
+                health.update(plan)
                 full_read = False
                 break
+    health.stop()
     if server is not None:
         server.stop()
     return EXIT_OK

@@ -18,6 +18,7 @@ from typing import NamedTuple, cast
 
 from ..compiler.plan import Destination, IPVSService, NodePlan, ServiceKey, TunnelDevice
 from ..compiler.render import MARK_CHAIN, SNAT_CHAIN, mark_rule_args, snat_rule_args
+from ..kernel.announce import Announcer
 from ..kernel.errors import AlreadyExists, KernelError, KernelUnavailable, NotFound
 from ..kernel.ipvs import (
     IPVSOp,
@@ -56,6 +57,7 @@ class Kernel:
     addresses: Addresses
     sysctls: Sysctls
     tunnels: Tunnels
+    announcer: Announcer | None = None  # gratuitous ARP / unsolicited NA after an HA VIP add
 
 
 class Step(NamedTuple):
@@ -163,15 +165,13 @@ def _desired_chains(plan: NodePlan, chains: OwnedChains) -> dict[tuple[int, str,
 
 
 def _desired_addresses(
-    plan: NodePlan, kernel: Kernel, report: ReconcileReport
+    plan: NodePlan, kernel: Kernel, report: ReconcileReport, held: frozenset[str]
 ) -> set[tuple[str, str, int]]:
     out = set()
     for vip in plan.director.vips:
-        if vip.ha_mode != "None":
-            report.warnings.append(
-                f"VIP {vip.address}: ha mode {vip.ha_mode} is not implemented by this agent yet, "
-                "so the VIP is not added (IPVS is programmed and ready)"
-            )
+        # An HA VIP is on this director only while it holds the VIP's Lease; VRRP VIPs are
+        # keepalived's to add and remove (they are foreign addresses to the agent).
+        if vip.ha is not None and (vip.ha.mode != "Lease" or vip.ha.group not in held):
             continue
         device = vip.interface or kernel.addresses.route_device(vip.address)
         if not device:
@@ -193,8 +193,12 @@ def diff(
     now: float,
     report: ReconcileReport,
     in_sync: InSync | None = None,
+    dead: frozenset[DrainKey] = frozenset(),
+    held: frozenset[str] = frozenset(),
 ) -> list[Step]:
-    """Every step that takes the live kernel to the plan, in a safe order."""
+    """Every step that takes the live kernel to the plan, in a safe order. Destinations in
+    `dead` (failed health checks) are deleted at once instead of drained; `held` names the
+    HA groups whose VIPs this director holds now."""
     live = _read_live(plan, kernel, state, report)
     steps: list[Step] = []
     # Removals run after the IPVS batch, each layer after the ones that depend on it: rules
@@ -240,9 +244,14 @@ def diff(
             restore_sysctls.append(Step("sysctl", "restore", (key, original), f"{key}={original}"))
 
     # addresses: VIPs on directors, VIPs on lo of DR/TUN real servers
-    wanted_addrs = _desired_addresses(plan, kernel, report)
+    wanted_addrs = _desired_addresses(plan, kernel, report, held)
+    ha_vips = {v.address for v in plan.director.vips if v.ha is not None}
     for device, addr, plen in sorted(wanted_addrs - live.addresses - live.foreign_addresses):
-        steps.append(Step("address", "add", (device, addr, plen), f"{addr}/{plen} dev {device}"))
+        where = (device, addr, plen)
+        if addr in ha_vips:  # take: add, then announce it (gratuitous ARP / unsolicited NA)
+            steps.append(Step("address", "take", where, f"{addr}/{plen} dev {device}"))
+        else:
+            steps.append(Step("address", "add", where, f"{addr}/{plen} dev {device}"))
     for device, addr, plen in sorted(live.addresses - wanted_addrs):
         delete_addrs.append(
             Step("address", "delete", (device, addr, plen), f"{addr}/{plen} dev {device}")
@@ -314,7 +323,9 @@ def diff(
         # A cached view of the kernel (agent/cache.py) says when its connection counts are
         # not current; then no destination is judged idle in this pass.
         known_counts = bool(getattr(kernel.ipvs, "counts_current", True))
-        steps.extend(_ipvs_steps(plan, live.ipvs, state, now, report, in_sync, known_counts))
+        steps.extend(
+            _ipvs_steps(plan, live.ipvs, state, now, report, in_sync, known_counts, dead)
+        )
     return [
         *steps,
         *remove_chains,
@@ -336,6 +347,7 @@ def _ipvs_steps(
     report: ReconcileReport,
     in_sync: InSync | None,
     known_counts: bool,
+    dead: frozenset[DrainKey] = frozenset(),
 ) -> list[Step]:
     wanted = {s.key: s for s in plan.director.services}
     have = {ls.service.key: ls for ls in live}
@@ -385,6 +397,10 @@ def _ipvs_steps(
             if dkey in planned:
                 continue
             drain_key: DrainKey = (key, dkey[0], dkey[1])
+            if drain_key in dead:
+                state.drains.pop(drain_key, None)
+                del_dest.append(op(IPVSOpKind.DEL_DEST, svc, ld.dest, "out by health checks"))
+                continue
             started = state.drains.setdefault(drain_key, now)
             conns = ld.active_conns + ld.inactive_conns
             if (known_counts and conns == 0) or now - started >= svc.drain_timeout:
@@ -441,6 +457,10 @@ def _execute(step: Step, kernel: Kernel, state: AgentState) -> None:
         device, address, prefix = cast(tuple[str, str, int], t)
         if step.verb == "add":
             kernel.addresses.add(device, address, prefix)
+        elif step.verb == "take":
+            kernel.addresses.add(device, address, prefix)
+            if kernel.announcer is not None:
+                kernel.announcer.announce(device, address)
         else:
             kernel.addresses.delete(device, address, prefix)
     elif step.layer == "ipset":
@@ -488,6 +508,8 @@ def reconcile(
     now: Callable[[], float] = time.time,
     persist: Callable[[AgentState], None] | None = None,
     in_sync: InSync | None = None,
+    dead: frozenset[DrainKey] = frozenset(),
+    held: frozenset[str] = frozenset(),
 ) -> ReconcileReport:
     """One pass: diff, then apply (unless dry_run). Never raises for kernel errors: they are
     in the report, and the next pass retries.
@@ -500,7 +522,7 @@ def reconcile(
         for key in [k for k in in_sync if k not in wanted]:
             del in_sync[key]
     try:
-        steps = diff(plan, kernel, state, now(), report, in_sync)
+        steps = diff(plan, kernel, state, now(), report, in_sync, dead, held)
     except KernelError as exc:
         report.failures.append(f"reading the kernel failed: {exc}")
         return report

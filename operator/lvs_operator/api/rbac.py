@@ -3,6 +3,13 @@
 
 The agent reads plans and writes only its NodePlan's status; the operator never writes to
 Nodes, Services or EndpointSlices (it watches them) and owns the NodePlans.
+
+Director high availability (`spec.ha.mode: Lease`, agent/vip_lease.py): the agents compete
+for one Lease per VIP, `lvs-ha-<address>`, and those Leases live in the operator's (the
+release's) namespace, not in the VirtualService's. So the agents get Lease rights through a
+namespaced Role there (`AGENT_HA_LEASE_RULES`: get, create, update; no list, watch, patch or
+delete) instead of a ClusterRole over every namespace's Leases, where users keep their own
+leader elections.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import yaml
 from .objects import API_GROUP
 
 __all__ = [
+    "AGENT_HA_LEASE_RULES",
     "AGENT_RULES",
     "OPERATOR_LEADER_ELECTION_RULES",
     "OPERATOR_RULES",
@@ -73,6 +81,14 @@ OPERATOR_LEADER_ELECTION_RULES: list[dict[str, Any]] = [
 ]
 
 
+# Namespaced, in the operator's namespace: the Leases that say which director holds an HA VIP.
+# An elector reads (GET), creates the Lease when absent (POST) and writes it whole (PUT).
+AGENT_HA_LEASE_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+     "verbs": ["get", "create", "update"]},
+]
+
+
 def cluster_role(name: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -119,6 +135,7 @@ def chart_rules_file() -> str:
         "operator": OPERATOR_RULES,
         "operatorLeaderElection": OPERATOR_LEADER_ELECTION_RULES,
         "agent": AGENT_RULES,
+        "agentHALeases": AGENT_HA_LEASE_RULES,
     }
     header = "# Generated from operator/lvs_operator/api/rbac.py by `make crds`; do not edit.\n"
     return header + yaml.dump(doc, Dumper=_NoAliases, sort_keys=False, width=100)

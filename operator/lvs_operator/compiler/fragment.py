@@ -16,6 +16,9 @@ from typing import NamedTuple, Protocol
 from ..api.objects import EndpointSlice, Node, ObjectRef, RealServer, Service, VirtualService
 from ..api.types import (
     ForwardingMethod,
+    HAMode,
+    HealthCheckType,
+    OnFailure,
     PortSpec,
     RealServerState,
     TunnelChecksum,
@@ -27,6 +30,8 @@ from .plan import (
     FORWARD_ROUTE,
     FORWARD_TUNNEL,
     Destination,
+    HealthCheckPlan,
+    HighAvailabilityPlan,
     IPSetPlan,
     IPVSService,
     LoopbackVIP,
@@ -458,6 +463,7 @@ def compile_virtual_service(vs: VirtualService, view: ClusterView) -> Fragment:
         spec.directors.interface or "",
         (owner,),
         spec.ha.mode.value if spec.ha is not None else "None",
+        _ha_plan(vs, vip),
     )
     ok = not any(i.severity == "Error" and i.ref == vs.ref and not i.transient for i in issues)
     total = sum(len(s.destinations) for s in services[:1])
@@ -532,6 +538,82 @@ def _ipvs_service(
         destinations=dests,
         owner=owner,
         drain_timeout=spec.drain.timeout_seconds,
+        health=_health_plan(spec),
+    )
+
+
+def _health_plan(spec: VirtualServiceSpec) -> HealthCheckPlan | None:
+    check = spec.health_check
+    if check is None or check.type is HealthCheckType.NONE:
+        return None
+    http = check.http
+    quorum = check.quorum
+    sorry_address, sorry_port = "", 0
+    if quorum is not None and quorum.sorry_server is not None:
+        canon = canonical_ip(quorum.sorry_server.address)
+        sorry_address = canon[0] if canon is not None else ""
+        sorry_port = quorum.sorry_server.port or 0
+    return HealthCheckPlan(
+        type=check.type.value,
+        port=check.port or 0,
+        timeout=check.connect_timeout_seconds,
+        retries=check.retries,
+        delay_before_retry=check.delay_before_retry_seconds,
+        interval=check.interval_seconds,
+        inhibit=check.on_failure is OnFailure.INHIBIT,
+        http_path=http.path if http is not None else "/",
+        http_host=(http.host or "") if http is not None else "",
+        http_status=tuple(sorted(http.expected_status_codes)) if http is not None else (200,),
+        http_digest=(http.digest or "") if http is not None else "",
+        quorum=quorum.minimum if quorum is not None else 1,
+        hysteresis=quorum.hysteresis if quorum is not None else 0,
+        sorry_address=sorry_address,
+        sorry_port=sorry_port,
+    )
+
+
+def ha_lease_name(vip: str) -> str:
+    """The HA group of a VIP, which is also its Lease's name (in the operator's namespace):
+    one group per address, since VirtualServices sharing a VIP must move together.
+    `lvs-ha-192.0.2.10`, `lvs-ha-2001-0db8-0000-...-0001` (IPv6 exploded: always valid)."""
+    address = ipaddress.ip_address(vip)
+    text = address.exploded.replace(":", "-") if address.version == 6 else str(address)
+    return f"lvs-ha-{text}"
+
+
+def _ha_plan(vs: VirtualService, vip: str) -> HighAvailabilityPlan | None:
+    ha = vs.spec.ha
+    if ha is None or ha.mode is HAMode.NONE:
+        return None
+    sync = ha.connection_sync
+    enabled = sync is not None and sync.enabled
+    sync_id = sync.sync_id if sync is not None else 0
+    sync_if = (sync.interface or "") if sync is not None else ""
+    if ha.mode is HAMode.VRRP and ha.vrrp is not None:
+        v = ha.vrrp
+        secret = f"{vs.ref.namespace}/{v.auth_secret_ref}" if v.auth_secret_ref else ""
+        return HighAvailabilityPlan(
+            mode=ha.mode.value,
+            group=ha_lease_name(vip),
+            virtual_router_id=v.virtual_router_id,
+            priority=v.priority,
+            advert_interval=v.advert_interval_seconds,
+            auth_secret_ref=secret,
+            unicast_peers=tuple(sorted(v.unicast_peers)),
+            sync=enabled,
+            sync_id=sync_id,
+            sync_interface=sync_if,
+        )
+    lease = ha.lease
+    return HighAvailabilityPlan(
+        mode=ha.mode.value,
+        group=ha_lease_name(vip),
+        lease_duration=lease.duration_seconds if lease is not None else 3,
+        renew_deadline=lease.renew_deadline_seconds if lease is not None else 2,
+        retry_period=lease.retry_period_seconds if lease is not None else 1,
+        sync=enabled,
+        sync_id=sync_id,
+        sync_interface=sync_if,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import types
 import typing
 from typing import Any, NamedTuple
 
@@ -20,6 +21,8 @@ __all__ = [
     "BackendPlan",
     "Destination",
     "DirectorPlan",
+    "HealthCheckPlan",
+    "HighAvailabilityPlan",
     "IPSetPlan",
     "IPVSService",
     "LoopbackVIP",
@@ -79,6 +82,28 @@ class Destination(NamedTuple):
         return (self.address, self.port)
 
 
+class HealthCheckPlan(NamedTuple):
+    """keepalived's checker for the RealServer destinations of one IPVS service (EndpointSlice
+    destinations carry Kubernetes readiness already and are not probed). Seconds throughout;
+    `port` 0 probes each destination's own port."""
+
+    type: str  # "TCP" | "HTTP"
+    port: int = 0
+    timeout: int = 3
+    retries: int = 3
+    delay_before_retry: int = 1
+    interval: int = 6
+    inhibit: bool = False  # inhibit_on_failure: weight 0 instead of removal
+    http_path: str = "/"
+    http_host: str = ""
+    http_status: tuple[int, ...] = (200,)
+    http_digest: str = ""
+    quorum: int = 1
+    hysteresis: int = 0
+    sorry_address: str = ""  # "" = no sorry server
+    sorry_port: int = 0  # 0 = the service's port
+
+
 class IPVSService(NamedTuple):
     key: ServiceKey
     scheduler: str
@@ -90,6 +115,31 @@ class IPVSService(NamedTuple):
     destinations: tuple[Destination, ...] = ()
     owner: str = ""  # namespace/name of the VirtualService
     drain_timeout: int = 300  # seconds a draining destination may keep connections
+    health: HealthCheckPlan | None = None
+
+    def checked(self, dest: Destination) -> bool:
+        """Whether the agent probes this destination (RealServer backends only)."""
+        return self.health is not None and dest.source.startswith("RealServer ")
+
+
+class HighAvailabilityPlan(NamedTuple):
+    """How the directors of one VIP decide which of them holds it (spec.ha of the VIP's
+    first owner). `group` names the election: the Lease (in the operator's namespace) or
+    the keepalived vrrp_instance."""
+
+    mode: str  # "Lease" | "VRRP"
+    group: str
+    lease_duration: int = 3
+    renew_deadline: int = 2
+    retry_period: int = 1
+    virtual_router_id: int = 0
+    priority: int = 100
+    advert_interval: int = 1
+    auth_secret_ref: str = ""  # namespace/name of a Secret with key `password`
+    unicast_peers: tuple[str, ...] = ()
+    sync: bool = False  # IPVS connection sync daemon (master and backup on every director)
+    sync_id: int = 0
+    sync_interface: str = ""  # "" = the VIP's device
 
 
 class VIPAddress(NamedTuple):
@@ -101,6 +151,7 @@ class VIPAddress(NamedTuple):
     interface: str = ""
     owners: tuple[str, ...] = ()
     ha_mode: str = "None"  # with Lease/VRRP only the active director adds it
+    ha: HighAvailabilityPlan | None = None
 
     @property
     def key(self) -> str:
@@ -235,6 +286,10 @@ def _reader(tp: Any) -> Any:
     """A function turning the JSON form of `tp` back into `tp`, built once per type: plans
     carry a million records, and resolving type hints per record cost most of the parse."""
     origin = typing.get_origin(tp)
+    if origin is types.UnionType or origin is typing.Union:
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        read = _reader(inner)
+        return lambda value: None if value is None else read(value)
     if origin is tuple:
         (item_tp, *_rest) = typing.get_args(tp)
         item = _reader(item_tp)

@@ -1,0 +1,172 @@
+"""Health checks wired into the agent: the plan carries the check, the monitor turns probe
+results into an overlay, and the same reconciler applies it (fake kernel, fake probes)."""
+
+from __future__ import annotations
+
+from lvs_operator.agent.health_monitor import HealthMonitor, apply_health
+from lvs_operator.agent.probes import ProbeResult
+from lvs_operator.agent.reconcile import reconcile
+from lvs_operator.agent.state import AgentState
+from lvs_operator.compiler.plan import HealthCheckPlan, NodePlan, plan_from_dict, plan_to_dict
+from lvs_operator.kernel.fake_announce import FakeAnnouncer
+
+from .builders import vs
+from .test_reconcile import KEY, dests, fake_kernel, plans, web
+
+A, B = ("198.51.100.11", 80), ("198.51.100.12", 80)
+CHECK = {"type": "TCP", "retries": 1, "delayBeforeRetrySeconds": 1, "intervalSeconds": 2}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def checked_plan(**check: object) -> NodePlan:
+    return plans(*web(A[0], B[0], healthCheck={**CHECK, **check}))
+
+
+def monitor(clock: Clock, changes: list[int] | None = None) -> HealthMonitor:
+    sink = changes if changes is not None else []
+    return HealthMonitor(clock=clock, on_change=lambda: sink.append(1), workers=1)
+
+
+def feed(m: HealthMonitor, plan: NodePlan, server: tuple[str, int], ok: bool) -> None:
+    [svc] = plan.director.services
+    assert svc.health is not None
+    m.record(svc.key, svc.health, server, ProbeResult(ok, "probe", 0.01))
+
+
+def test_plan_carries_the_check_and_round_trips():
+    plan = checked_plan(onFailure="Inhibit", quorum={"minimum": 2, "sorryServer": {
+        "address": "198.51.100.99", "port": 8080}})
+    [svc] = plan.director.services
+    assert svc.health == HealthCheckPlan(
+        "TCP", retries=1, delay_before_retry=1, interval=2, inhibit=True, quorum=2,
+        sorry_address="198.51.100.99", sorry_port=8080)
+    assert all(svc.checked(d) for d in svc.destinations)
+    assert plan_from_dict(plan_to_dict(plan)) == plan
+    assert plans(*web(A[0])).director.services[0].health is None
+
+
+def test_endpoint_slice_backends_are_not_probed():
+    plan = checked_plan()
+    [svc] = plan.director.services
+    other = svc.destinations[0]._replace(source="EndpointSlice default/web-abc")
+    assert not svc._replace(destinations=(other,)).checked(other)
+
+
+def test_down_server_leaves_the_table_at_once_and_returns():
+    clock, changes = Clock(), []
+    plan, kernel, state = checked_plan(), fake_kernel(), AgentState()
+    m = monitor(clock, changes)
+    m.update(plan)
+    assert reconcile(*apply_health(plan, m.overlay())[:1], kernel, state).ok
+    feed(m, plan, A, True)
+    feed(m, plan, B, True)
+    assert dests(kernel) == {A: 1, B: 1}
+    # retries 1: two consecutive failures mark A down (the first schedules a retry)
+    feed(m, plan, A, False)
+    assert m.overlay().weights[KEY][A] == 1
+    feed(m, plan, A, False)
+    assert changes, "a transition must wake the agent loop"
+    effective, dead = apply_health(plan, m.overlay())
+    assert dead == {(KEY, *A)}
+    report = reconcile(effective, kernel, state, dead=dead)
+    assert dests(kernel) == {B: 1}  # deleted, not drained at weight 0
+    assert any("out by health checks" in str(s) for s in report.steps)
+    assert not state.drains
+    feed(m, plan, A, True)
+    effective, dead = apply_health(plan, m.overlay())
+    assert not dead
+    reconcile(effective, kernel, state, dead=dead)
+    assert dests(kernel) == {A: 1, B: 1}
+    [a] = [r for r in m.report() if (r.address, r.port) == A]
+    assert a.up and a.owner == "default/web"
+
+
+def test_inhibit_keeps_the_server_at_weight_zero():
+    clock, plan = Clock(), checked_plan(onFailure="Inhibit", retries=1)
+    m = monitor(clock)
+    m.update(plan)
+    feed(m, plan, A, False)  # first check failing: down at once (keepalived)
+    effective, dead = apply_health(plan, m.overlay())
+    assert not dead
+    kernel = fake_kernel()
+    reconcile(effective, kernel, AgentState())
+    assert dests(kernel) == {A: 0, B: 1}
+
+
+def test_quorum_loss_switches_to_the_sorry_server_and_back():
+    clock = Clock()
+    plan = checked_plan(quorum={"minimum": 2, "sorryServer": {"address": "198.51.100.99"}})
+    m = monitor(clock)
+    m.update(plan)
+    kernel, state = fake_kernel(), AgentState()
+    reconcile(*apply_health(plan, m.overlay())[:1], kernel, state)
+    assert dests(kernel) == {A: 1, B: 1}
+    feed(m, plan, A, False)
+    effective, dead = apply_health(plan, m.overlay())
+    assert m.quorum()[KEY] == (False, True)
+    reconcile(effective, kernel, state, dead=dead)
+    assert dests(kernel) == {("198.51.100.99", 80): 1}  # B is set aside as keepalived does
+    feed(m, plan, A, True)
+    effective, dead = apply_health(plan, m.overlay())
+    assert dead == {(KEY, "198.51.100.99", 80)}  # deleted at once, even with connections
+    reconcile(effective, kernel, state, dead=dead)
+    assert dests(kernel) == {A: 1, B: 1}
+
+
+def test_a_changed_check_starts_over_and_a_removed_one_is_forgotten():
+    clock, plan = Clock(), checked_plan()
+    m = monitor(clock)
+    m.update(plan)
+    feed(m, plan, A, False)
+    assert m.overlay().weights[KEY][A] is None
+    changed = checked_plan(intervalSeconds=5)
+    m.update(changed)
+    assert m.overlay().weights[KEY][A] == 1
+    feed(m, plan, A, False)  # a result of the old check arriving late: ignored
+    assert m.overlay().weights[KEY][A] == 1
+    m.update(plans(*web(A[0], B[0])))
+    assert not m.active and m.overlay().weights == {}
+
+
+def test_due_probes_run_in_the_pool_and_report_back():
+    clock, plan, seen = Clock(), checked_plan(), []
+
+    def probe(check: HealthCheckPlan, address: str, port: int) -> ProbeResult:
+        seen.append((address, port))
+        return ProbeResult(address != A[0], "refused" if address == A[0] else "ok", 0.0)
+
+    m = HealthMonitor(clock=clock, probe=probe, workers=1)
+    m.update(plan)
+    m.tick()
+    m.tick()  # in flight: not started twice
+    m._pool.shutdown(wait=True)
+    assert sorted(seen) == [A, B]
+    assert m.overlay().weights[KEY] == {A: None, B: 1}
+
+
+def test_ha_vip_is_added_only_while_its_lease_is_held_and_announced():
+    plan = plans(vs("web", ha={"mode": "Lease"}), *web(A[0])[1:])
+    [vip] = plan.director.vips
+    assert vip.ha is not None and vip.ha.group == "lvs-ha-192.0.2.10"
+    kernel, state = fake_kernel(), AgentState()
+    announcer = FakeAnnouncer()
+    kernel = kernel.__class__(**{**kernel.__dict__, "announcer": announcer})
+
+    def vips() -> set[str]:
+        return {a.address for a in kernel.addresses.list()}
+
+    reconcile(plan, kernel, state)
+    assert "192.0.2.10" not in vips()  # standby: IPVS programmed, VIP absent
+    assert dests(kernel) == {A: 1}
+    reconcile(plan, kernel, state, held=frozenset({vip.ha.group}))
+    assert "192.0.2.10" in vips()
+    assert [a[:2] for a in announcer.announcements] == [("eth0", "192.0.2.10")]
+    reconcile(plan, kernel, state)
+    assert "192.0.2.10" not in vips()
