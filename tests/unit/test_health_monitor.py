@@ -170,3 +170,60 @@ def test_ha_vip_is_added_only_while_its_lease_is_held_and_announced():
     assert [a[:2] for a in announcer.announcements] == [("eth0", "192.0.2.10")]
     reconcile(plan, kernel, state)
     assert "192.0.2.10" not in vips()
+
+
+# --------------------------------------------------------------------------- Lease HA
+
+
+def test_two_directors_one_vip_lease_driver_moves_it_without_overlap():
+    """LeaseDriver (agent/ha.py) + the real reconciler on two fake kernels: one holds the
+    VIP, the holder's API goes away -> it drops the VIP by its own clock before the standby
+    (which waits out the lease) adds it; never both at a tick."""
+    from lvs_operator.agent.ha import LeaseDriver, lease_groups
+    from lvs_operator.agent.vip_lease import VIPElection
+
+    from .test_vip_lease import NS, Server
+    from .test_vip_lease import Clock as LeaseClock
+
+    clock = LeaseClock()
+    server = Server(clock)
+    plan = plans(vs("web", ha={"mode": "Lease"}), *web(A[0])[1:])
+    [g] = lease_groups(plan, NS)
+    assert (g.name, g.lease_name, g.lease_duration) == ("lvs-ha-192.0.2.10",) * 2 + (3,)
+    directors = {}
+    for name in ("dir-a", "dir-b"):
+        election = VIPElection(name, lambda grp, n=name: server.client(n, grp), clock=clock,
+                               wall=clock, rand=lambda: 0.5)
+        driver = LeaseDriver(election, NS, clock=clock)
+        driver.update(plan)
+        directors[name] = (driver, fake_kernel(), AgentState())
+
+    def tick() -> set[str]:
+        holders = set()
+        for name, (driver, kernel, state) in directors.items():
+            driver.step()
+            reconcile(plan, kernel, state, held=driver.held())
+            if "192.0.2.10" in {a.address for a in kernel.addresses.list()}:
+                holders.add(name)
+        assert len(holders) <= 1, f"both directors hold the VIP at {clock.t}"
+        return holders
+
+    seen = [tick() for _ in range(5)]
+    clock.advance(0.05)
+    first = next(h for h in seen if h)
+    (active,) = first
+    standby = "dir-b" if active == "dir-a" else "dir-a"
+    for _driver, kernel, _state in directors.values():
+        assert dests(kernel) == {A: 1}  # both programmed hot
+    server.down.add(active)
+    down_at = clock.t
+    moved_at = None
+    for _ in range(200):
+        clock.advance(0.05)
+        holders = tick()
+        if holders == {standby}:
+            moved_at = clock.t
+            break
+    assert moved_at is not None, "the standby never took over"
+    # lease duration 3 s from the standby's last sight of a renewal (<= one retry period ago)
+    assert moved_at - down_at <= 3 + 1.0 + 0.1

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..api.objects import API_GROUP
 from ..compiler.plan import PLAN_FORMAT_VERSION, NodePlan, plan_from_dict
@@ -47,6 +47,9 @@ from .cache import CachingKernel
 from .health_monitor import HealthMonitor, apply_health
 from .reconcile import InSync, Kernel, ReconcileReport, reconcile
 from .state import AgentState, DrainKey
+
+if TYPE_CHECKING:  # agent/ha.py imports this module (through vip_lease)
+    from .ha import LeaseDriver
 
 __all__ = [
     "Backoff",
@@ -183,6 +186,7 @@ class KubernetesPlanSource:
         import urllib3
         from kubernetes import client
 
+        self.api_client = api_client
         self._api = client.CustomObjectsApi(api_client)
         self._api_exception: type[Exception] = client.ApiException
         self._transport_errors: tuple[type[Exception], ...] = (
@@ -563,6 +567,7 @@ class ClusterAgent:
         identity: str | None = None,
         metrics: AgentMetrics | None = None,
         health: HealthMonitor | None = None,
+        ha: LeaseDriver | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -614,6 +619,7 @@ class ClusterAgent:
         self._stopping = False
         self._blocking = False
         self._health = health
+        self._ha = ha
         self._woken = False  # a health verdict changed: run a pass at once
 
     # ---- control
@@ -800,6 +806,8 @@ class ClusterAgent:
         self.plan = plan
         if self._health is not None:
             self._health.update(plan)
+        if self._ha is not None:
+            self._ha.update(plan)
         self._applied_key = (latest.uid, latest.generation)
         self.applied_generation = latest.generation
         log.info("applying generation %d of NodePlan %s", latest.generation, latest.name,
@@ -894,6 +902,7 @@ class ClusterAgent:
                 persist=None if self.dry_run else self._persist,
                 in_sync=self._in_sync,
                 dead=dead,
+                held=self._ha.held() if self._ha is not None else frozenset(),
             )
         finally:
             self._alive_at, self._in_pass = self._clock(), False

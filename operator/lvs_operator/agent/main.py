@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -45,9 +46,11 @@ from .cluster import (
     kubernetes_plan_source,
     step_kinds,
 )
+from .ha import LeaseDriver
 from .health_monitor import HealthMonitor, apply_health
 from .reconcile import InSync, Kernel, ReconcileReport, reconcile
 from .state import AgentState, load_state, save_state
+from .vip_lease import KubernetesLeaseClient, VIPElection, lease_api_client, lease_identity
 
 __all__ = ["load_plan", "main", "real_kernel"]
 
@@ -249,6 +252,13 @@ def _parser() -> argparse.ArgumentParser:
         "real servers (docs/metrics.md)",
     )
     p.add_argument(
+        "--ha-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "lvs-system",
+        metavar="NAMESPACE",
+        help="namespace of the Leases that decide which director holds an HA VIP "
+        "(spec.ha.mode Lease), the operator's; default $POD_NAMESPACE, else lvs-system",
+    )
+    p.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
         default="text",
@@ -289,6 +299,7 @@ def _cluster_main(args: argparse.Namespace) -> int:
 
     metrics = AgentMetrics()
     health = HealthMonitor(netns=args.netns, on_change=lambda: _wake(agent))
+    ha = _lease_driver(args, source, lambda: _wake(agent))
     agent = ClusterAgent(
         args.node,
         source,
@@ -300,6 +311,7 @@ def _cluster_main(args: argparse.Namespace) -> int:
         on_report=report,
         metrics=metrics,
         health=health,
+        ha=ha,
     )
 
     def stop(_sig: int, _frame: FrameType | None) -> None:
@@ -318,16 +330,29 @@ def _cluster_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGUSR1, lambda _sig, _frame: agent.interrupt())
     health.start()
+    ha.start()
     try:
         agent.run()
     finally:
         health.stop()
+        ha.stop()  # release held Leases: a standby takes over within one retry period
         if server is not None:
             server.stop()
     return EXIT_OK
 
 
 _MAIN_THREAD = threading.main_thread()
+
+
+def _lease_driver(args: argparse.Namespace, source: Any,
+                  on_change: Callable[[], None]) -> LeaseDriver:
+    """HA in Lease mode: this node's candidacies, over the agent's own API credentials."""
+    api = lease_api_client(source.api_client)
+    election = VIPElection(
+        lease_identity(args.node),
+        lambda group: KubernetesLeaseClient(api, group.lease_namespace, group.lease_name),
+    )
+    return LeaseDriver(election, args.ha_namespace, on_change=on_change)
 
 
 def _wake(agent: ClusterAgent) -> None:

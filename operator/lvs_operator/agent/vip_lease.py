@@ -204,6 +204,14 @@ class VIPElection:
                     due = min(due, until)
         return due
 
+    def leader_until(self, group: str) -> float | None:
+        """clock() time at which this node stops holding `group` unless it renews first;
+        None when it does not hold it."""
+        slot = self._slots.get(group)
+        if slot is None or slot.elector is None:
+            return None
+        return slot.elector.leader_until()
+
     def holder(self, group: str) -> str:
         """The holder of `group`'s Lease as last read ("" when unknown or none)."""
         slot = self._slots.get(group)
