@@ -22,7 +22,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from lvs_operator.api.rbac import AGENT_RULES, OPERATOR_LEADER_ELECTION_RULES, OPERATOR_RULES
+from lvs_operator.api.rbac import (
+    AGENT_HA_LEASE_RULES,
+    AGENT_RULES,
+    OPERATOR_LEADER_ELECTION_RULES,
+    OPERATOR_RULES,
+)
 from tests.harness.controlplane import KubectlError, LocalControlPlane
 from tests.harness.lvs_install import (
     AGENT_SA,
@@ -137,7 +142,12 @@ def test_rendered_rbac_is_exactly_the_rules_the_cluster_tier_proves_enough(
             {"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": SYSTEM_NS}],
         "lvs-operator-agent": [{"kind": "ServiceAccount", "name": AGENT_SA,
                                 "namespace": SYSTEM_NS}],
+        "lvs-operator-agent-ha-leases": [{"kind": "ServiceAccount", "name": AGENT_SA,
+                                          "namespace": SYSTEM_NS}],
     }
+    ha_role = one(docs, "Role", "lvs-operator-agent-ha-leases")
+    assert ha_role["rules"] == AGENT_HA_LEASE_RULES
+    assert ha_role["metadata"]["namespace"] == SYSTEM_NS
     # Secrets are in no rule of either component.
     for rules in (OPERATOR_RULES, AGENT_RULES):
         assert not any("secrets" in r["resources"] or "*" in r["resources"] for r in rules)
