@@ -15,6 +15,13 @@ refuses; edits happen in place; ops apply in order and a failure stops nothing a
 Counters start at 0 and `zero` resets them (ESRCH for an unknown service) without touching the
 configuration or the connection counts; the connection table lists what `open_connection` left.
 Counters that move need real traffic: tests/vm/test_lvsctl_ops.py.
+
+Sync daemons (start_sync_thread, Linux 6.1): one per state, listed with the kernel's defaults
+filled in (`daemon_attributes`); EEXIST for a second of a state, ESRCH stopping one that is
+not running, ENODEV for an interface the namespace lacks, EINVAL for a group that is not
+multicast or while a destination of the other family exists. They run on `sync_interface`
+(dummy0: the real suite's namespace has it, up with an IPv4 address; the fake takes any
+name). That the backup really receives the master's connections: tests/vm/test_sync_daemon.py.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from lvs_operator.kernel.ipvs import (
     IPVSStats,
     IPVSTable,
     LiveDestination,
+    SyncDaemon,
+    daemon_attributes,
     dest_attributes,
     service_attributes,
 )
@@ -681,3 +690,160 @@ class IPVSContract:
         ipvs.zero(s.key)  # counters, not connections
         ipvs.zero()
         assert conns() == before >= 1
+
+    # sync daemons -----------------------------------------------------------------------
+    @pytest.fixture
+    def sync_interface(self) -> str:
+        """An interface of the table's namespace, up, with an IPv4 address, MTU 1500."""
+        return "dummy0"
+
+    def test_no_sync_daemon_runs_at_first(self, ipvs: IPVSTable) -> None:
+        assert ipvs.daemons() == []
+
+    @pytest.mark.parametrize("state", ["master", "backup"])
+    def test_start_a_sync_daemon_with_the_kernel_defaults(
+        self, ipvs: IPVSTable, sync_interface: str, state: str
+    ) -> None:
+        d = SyncDaemon(state, sync_interface, 7)
+        ipvs.start_daemon(d)
+        # 224.0.0.81:8848, TTL 1, 1500-byte MTU less IPv4 and UDP headers
+        assert ipvs.daemons() == [SyncDaemon(state, sync_interface, 7, 1472, "224.0.0.81", 8848, 1)]
+        assert ipvs.daemons() == [daemon_attributes(d)]
+
+    @pytest.mark.parametrize(
+        ("d", "stored_maxlen"),
+        [
+            (SyncDaemon("master", "", 1, 1200, "239.255.0.1", 9000, 4), 1200),
+            (SyncDaemon("master", "", 255, 100, "", 0, 255), 100),
+            (SyncDaemon("backup", "", 0, 600, "239.1.2.3", 65535, 0), 1024),  # at least 1024
+            (SyncDaemon("backup", "", 3, 65535, "", 0, 0), 65535 - 28),
+            (SyncDaemon("master", "", 9, 0, "ff02::1:81", 9100, 2), 1500 - 48),  # IPv6 headers
+        ],
+    )
+    def test_sync_daemon_settings_round_trip(
+        self, ipvs: IPVSTable, sync_interface: str, d: SyncDaemon, stored_maxlen: int
+    ) -> None:
+        d = d._replace(interface=sync_interface)
+        ipvs.start_daemon(d)
+        (live,) = ipvs.daemons()
+        assert live == daemon_attributes(d)
+        assert live.sync_maxlen == stored_maxlen
+        assert (live.state, live.interface, live.sync_id) == (d.state, d.interface, d.sync_id)
+
+    def test_master_and_backup_run_side_by_side_and_list_master_first(
+        self, ipvs: IPVSTable, sync_interface: str
+    ) -> None:
+        backup = SyncDaemon("backup", sync_interface, 7)
+        master = SyncDaemon("master", sync_interface, 8, mcast_port=9000)
+        ipvs.start_daemon(backup)
+        ipvs.start_daemon(master)
+        assert ipvs.daemons() == [daemon_attributes(master), daemon_attributes(backup)]
+
+    @pytest.mark.parametrize(("stopped", "kept"), [("master", "backup"), ("backup", "master")])
+    def test_stop_one_sync_daemon_keeps_the_other(
+        self, ipvs: IPVSTable, sync_interface: str, stopped: str, kept: str
+    ) -> None:
+        for state in ("master", "backup"):
+            ipvs.start_daemon(SyncDaemon(state, sync_interface, 7))
+        ipvs.stop_daemon(stopped)
+        assert ipvs.daemons() == [daemon_attributes(SyncDaemon(kept, sync_interface, 7))]
+        ipvs.stop_daemon(kept)
+        assert ipvs.daemons() == []
+        ipvs.start_daemon(SyncDaemon(stopped, sync_interface, 9))  # can start again
+        assert [d.sync_id for d in ipvs.daemons()] == [9]
+
+    @pytest.mark.parametrize("state", ["master", "backup"])
+    def test_second_start_of_a_state_is_already_exists(
+        self, ipvs: IPVSTable, sync_interface: str, state: str
+    ) -> None:
+        first = SyncDaemon(state, sync_interface, 7)
+        ipvs.start_daemon(first)
+        for again in (first, first._replace(sync_id=8, mcast_port=9000)):
+            with pytest.raises(AlreadyExists):
+                ipvs.start_daemon(again)
+        assert ipvs.daemons() == [daemon_attributes(first)]  # the running one is untouched
+
+    @pytest.mark.parametrize("state", ["master", "backup"])
+    def test_stop_of_a_daemon_that_is_not_running_is_not_found(
+        self, ipvs: IPVSTable, sync_interface: str, state: str
+    ) -> None:
+        with pytest.raises(NotFound):
+            ipvs.stop_daemon(state)
+        other = "backup" if state == "master" else "master"
+        ipvs.start_daemon(SyncDaemon(other, sync_interface, 7))
+        with pytest.raises(NotFound):  # the other state's daemon does not count
+            ipvs.stop_daemon(state)
+        ipvs.stop_daemon(other)
+        with pytest.raises(NotFound):  # nor one that was stopped
+            ipvs.stop_daemon(other)
+
+    @pytest.mark.parametrize("state", ["master", "backup"])
+    @pytest.mark.parametrize("name", ["", "no/such0", "no such0", "lvs:0"])
+    def test_unknown_interface_is_not_found_and_names_it(
+        self, ipvs: IPVSTable, state: str, name: str
+    ) -> None:
+        """Names no Linux interface can have, so no namespace has them: the kernel looks
+        them up and finds nothing (ENODEV). A valid name the namespace merely lacks is the
+        same error: tests/vm/test_sync_daemon.py."""
+        with pytest.raises(NotFound, match="interface") as info:
+            ipvs.start_daemon(SyncDaemon(state, name, 7))
+        assert repr(name) in str(info.value)
+        assert ipvs.daemons() == []
+
+    def test_unknown_interface_is_reported_before_a_running_daemon(
+        self, ipvs: IPVSTable, sync_interface: str
+    ) -> None:
+        ipvs.start_daemon(SyncDaemon("master", sync_interface, 7))
+        with pytest.raises(NotFound):
+            ipvs.start_daemon(SyncDaemon("master", "no/such0", 7))
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            SyncDaemon("primary", "", 7),
+            SyncDaemon("master", "", 256),
+            SyncDaemon("master", "", -1),
+            SyncDaemon("backup", "", 7, mcast_group="192.0.2.1"),  # not multicast
+            SyncDaemon("master", "", 7, mcast_group="2001:db8::1"),
+            SyncDaemon("master", "", 7, mcast_group="not-an-address"),
+            SyncDaemon("master", "", 7, mcast_port=65536),
+            SyncDaemon("master", "", 7, mcast_ttl=256),
+            SyncDaemon("master", "", 7, sync_maxlen=65536),
+            SyncDaemon("master", "a" * 16, 7),  # IFNAMSIZ
+        ],
+        ids=str,
+    )
+    def test_values_the_kernel_refuses_are_invalid(
+        self, ipvs: IPVSTable, sync_interface: str, bad: SyncDaemon
+    ) -> None:
+        if not bad.interface:
+            bad = bad._replace(interface=sync_interface)
+        with pytest.raises(InvalidArgument):
+            ipvs.start_daemon(bad)
+        assert ipvs.daemons() == []
+
+    def test_stop_of_an_unknown_state_is_invalid(self, ipvs: IPVSTable) -> None:
+        with pytest.raises(InvalidArgument):
+            ipvs.stop_daemon("primary")
+
+    def test_no_sync_daemon_while_a_destination_has_the_other_family(
+        self, ipvs: IPVSTable, sync_interface: str
+    ) -> None:
+        """The sync protocol cannot carry mixed-family connections: either order is EINVAL."""
+        mixed = with_dests(tcp(VIP6, 80), tunnel(RS4[0], "ipip"))
+        apply_ok(ipvs, add_ops(mixed))
+        with pytest.raises(InvalidArgument):
+            ipvs.start_daemon(SyncDaemon("master", sync_interface, 7))
+        apply_ok(ipvs, [IPVSOp(K.DEL_DEST, mixed, mixed.destinations[0])])
+        ipvs.start_daemon(SyncDaemon("backup", sync_interface, 7))
+        (failure,) = ipvs.apply([IPVSOp(K.ADD_DEST, mixed, tunnel(RS4[1], "ipip"))])
+        assert isinstance(failure.error, InvalidArgument), failure
+        apply_ok(ipvs, [IPVSOp(K.ADD_DEST, mixed, tunnel(RS6[0], "ipip"))])  # same family: fine
+
+    @pytest.mark.parametrize("state", ["master", "backup"])
+    def test_stop_right_after_start(self, ipvs: IPVSTable, sync_interface: str, state: str) -> None:
+        """The kernel may stop a sync thread before it first ran (it then sends no ack)."""
+        for sync_id in range(3):
+            ipvs.start_daemon(SyncDaemon(state, sync_interface, sync_id))
+            ipvs.stop_daemon(state)
+            assert ipvs.daemons() == []

@@ -11,6 +11,7 @@ Addresses are documentation/benchmark ranges only; nothing is sent.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -22,6 +23,7 @@ from lvs_operator.kernel.netstate import AddressEntry, Addresses, Sysctls, Tunne
 __all__ = ["AddressesContract", "SysctlsContract", "TunnelsContract"]
 
 AddForeign = Callable[[str, str, int], None]
+Elapse = Callable[[float], None]
 
 VIP4, OTHER4 = "203.0.113.10", "203.0.113.11"
 VIP6, OTHER6 = "2001:db8::10", "2001:db8::11"
@@ -36,7 +38,13 @@ def _keys(addresses: Addresses) -> dict[tuple[str, str, int], bool]:
 class AddressesContract:
     """Fixtures: `addresses` (the adapter), `device` (an ordinary device, not lo, that holds
     198.18.0.2/24 and the default route) and `add_foreign_address(device, address,
-    prefix_length)`, which adds an address the way another program would (no IFA_PROTO)."""
+    prefix_length)`, which adds an address the way another program would (no IFA_PROTO).
+    `elapse(seconds)` lets time pass for the adapter's lifetimes: it sleeps unless a subclass
+    whose adapter runs on a fake clock overrides it to advance that clock."""
+
+    @pytest.fixture
+    def elapse(self) -> Elapse:
+        return time.sleep
 
     @pytest.mark.parametrize("on_lo", [True, False], ids=["lo", "device"])
     @pytest.mark.parametrize(("address", "prefix_length"), FAMILIES)
@@ -169,6 +177,119 @@ class AddressesContract:
         assert all(live[key] is False for key in foreign), live
         assert not set(ours) & set(live)
         assert live[(device, "198.18.0.2", 24)] is False
+
+    # --- lifetimes (an HA VIP's dead-man switch) ---------------------------------------------
+
+    def test_forever_addresses_report_no_lifetime(
+        self, addresses: Addresses, device: str, add_foreign_address: AddForeign
+    ) -> None:
+        addresses.add(device, VIP4, 32)
+        addresses.add("lo", VIP6, 128)
+        add_foreign_address(device, OTHER4, 32)
+        live = {(a.device, a.address): a for a in addresses.list()}
+        assert live[(device, VIP4)].lifetime is None
+        assert live[("lo", VIP6)].lifetime is None
+        assert live[(device, OTHER4)].lifetime is None
+        assert live[(device, "198.18.0.2")].lifetime is None
+
+    @pytest.mark.parametrize(("address", "prefix_length"), FAMILIES)
+    def test_add_with_a_lifetime_lists_it(
+        self, addresses: Addresses, device: str, address: str, prefix_length: int
+    ) -> None:
+        addresses.add(device, address, prefix_length, lifetime=30)
+        assert AddressEntry(device, address, prefix_length, True, 30) in addresses.list()
+        addresses.delete(device, address, prefix_length)
+        assert (device, address, prefix_length) not in _keys(addresses)
+
+    def test_adding_ours_again_with_a_lifetime_refreshes_it(
+        self, addresses: Addresses, device: str, elapse: Elapse
+    ) -> None:
+        ours = [(device, VIP4, 32), ("lo", VIP6, 128)]
+        for dev, address, prefix_length in ours:
+            addresses.add(dev, address, prefix_length, lifetime=3)
+        elapse(1.5)
+        lifetimes = {(a.device, a.address, a.prefix_length): a.lifetime for a in addresses.list()}
+        assert all(lifetimes[key] in (1, 2) for key in ours), lifetimes
+        for dev, address, prefix_length in ours:
+            addresses.add(dev, address, prefix_length, lifetime=3)
+        live = addresses.list()
+        for dev, address, prefix_length in ours:
+            assert AddressEntry(dev, address, prefix_length, True, 3) in live
+
+    @pytest.mark.parametrize(("address", "prefix_length"), FAMILIES)
+    def test_a_lifetime_makes_a_forever_address_of_ours_expire(
+        self, addresses: Addresses, device: str, address: str, prefix_length: int
+    ) -> None:
+        addresses.add(device, address, prefix_length)
+        addresses.add(device, address, prefix_length, lifetime=30)
+        assert AddressEntry(device, address, prefix_length, True, 30) in addresses.list()
+
+    @pytest.mark.parametrize(("address", "prefix_length"), FAMILIES)
+    def test_adding_again_without_a_lifetime_still_already_exists(
+        self, addresses: Addresses, device: str, address: str, prefix_length: int
+    ) -> None:
+        addresses.add(device, address, prefix_length, lifetime=30)
+        with pytest.raises(AlreadyExists):
+            addresses.add(device, address, prefix_length)
+        assert AddressEntry(device, address, prefix_length, True, 30) in addresses.list()
+
+    @pytest.mark.parametrize(("address", "prefix_length"), FAMILIES)
+    def test_a_lifetime_never_refreshes_a_foreign_address(
+        self,
+        addresses: Addresses,
+        device: str,
+        add_foreign_address: AddForeign,
+        address: str,
+        prefix_length: int,
+    ) -> None:
+        """A replace would make it ours and let the kernel delete it when the lifetime ran out."""
+        add_foreign_address(device, address, prefix_length)
+        with pytest.raises(AlreadyExists):
+            addresses.add(device, address, prefix_length, lifetime=30)
+        assert AddressEntry(device, address, prefix_length, False) in addresses.list()
+
+    def test_a_lifetime_does_not_refresh_ipv6_ours_under_another_prefix(
+        self, addresses: Addresses, device: str
+    ) -> None:
+        addresses.add(device, VIP6, 128, lifetime=30)
+        with pytest.raises(AlreadyExists):
+            addresses.add(device, VIP6, 64, lifetime=30)
+        assert AddressEntry(device, VIP6, 128, True, 30) in addresses.list()
+
+    def test_ipv4_lifetime_belongs_to_one_prefix_length(
+        self, addresses: Addresses, device: str
+    ) -> None:
+        addresses.add(device, VIP4, 32)
+        addresses.add(device, VIP4, 24, lifetime=30)
+        live = addresses.list()
+        assert AddressEntry(device, VIP4, 32, True) in live
+        assert AddressEntry(device, VIP4, 24, True, 30) in live
+
+    def test_an_address_is_gone_when_its_lifetime_runs_out(
+        self, addresses: Addresses, device: str, elapse: Elapse
+    ) -> None:
+        """Whatever the agent does meanwhile: the kernel deletes it (within about a second of
+        the lifetime; bounded here at four)."""
+        addresses.add(device, VIP4, 32, lifetime=1)
+        addresses.add("lo", VIP6, 128, lifetime=1)
+        addresses.add(device, OTHER4, 32)
+        for _ in range(40):
+            if not {VIP4, VIP6} & {a.address for a in addresses.list()}:
+                break
+            elapse(0.1)
+        live = _keys(addresses)
+        assert (device, VIP4, 32) not in live and ("lo", VIP6, 128) not in live, live
+        assert live[(device, OTHER4, 32)] is True
+        with pytest.raises(NotFound):
+            addresses.delete(device, VIP4, 32)
+        addresses.add(device, VIP4, 32, lifetime=1)  # and can be added afresh
+        assert (device, VIP4, 32) in _keys(addresses)
+
+    @pytest.mark.parametrize("lifetime", [0, -1, 0xFFFFFFFF])
+    def test_lifetime_out_of_range(self, addresses: Addresses, device: str, lifetime: int) -> None:
+        with pytest.raises(InvalidArgument):
+            addresses.add(device, VIP4, 32, lifetime=lifetime)
+        assert (device, VIP4, 32) not in _keys(addresses)
 
     @pytest.mark.parametrize("target", ["198.18.0.77", "192.0.2.55"], ids=["onlink", "gateway"])
     def test_route_device_of_a_routed_address(

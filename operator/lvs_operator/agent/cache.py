@@ -23,6 +23,7 @@ from ..kernel.ipvs import (
     LiveDestination,
     LiveService,
     OpFailure,
+    SyncDaemon,
     dest_attributes,
     service_attributes,
 )
@@ -62,6 +63,15 @@ class _CachedIPVS:
         self._services = {ls.service.key: ls for ls in fresh}
         self.counts_current = True
         return fresh
+
+    def daemons(self) -> list[SyncDaemon]:
+        return self._table.daemons()  # never cached: two at most, and cheap to read
+
+    def start_daemon(self, d: SyncDaemon) -> None:
+        self._table.start_daemon(d)
+
+    def stop_daemon(self, state: str) -> None:
+        self._table.stop_daemon(state)
 
     def apply(self, ops: Sequence[IPVSOp]) -> list[OpFailure]:
         failures = self._table.apply(ops)
@@ -164,9 +174,10 @@ class _CachedAddresses(_ReadCache):
     def list(self) -> list[AddressEntry]:
         return list(self.read(("list",), self._inner.list))
 
-    def add(self, device: str, address: str, prefix_length: int) -> None:
+    def add(self, device: str, address: str, prefix_length: int,
+            lifetime: int | None = None) -> None:
         self.forget()
-        self._inner.add(device, address, prefix_length)
+        self._inner.add(device, address, prefix_length, lifetime)
 
     def delete(self, device: str, address: str, prefix_length: int) -> None:
         self.forget()

@@ -49,6 +49,7 @@ from ..kernel.ipvs import (
     LiveDestination,
     LiveService,
     OpFailure,
+    SyncDaemon,
 )
 
 __all__ = [
@@ -385,6 +386,15 @@ class _Snapshot:
 
     def connections(self) -> list[LiveConnection]:
         return self._table.connections()
+
+    def daemons(self) -> list[SyncDaemon]:
+        return self._table.daemons()
+
+    def start_daemon(self, d: SyncDaemon) -> None:
+        self._table.start_daemon(d)
+
+    def stop_daemon(self, state: str) -> None:
+        self._table.stop_daemon(state)
 
 
 def op_line(op: IPVSOp) -> str:

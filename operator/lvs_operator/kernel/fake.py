@@ -9,12 +9,15 @@ and the real adapters.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..compiler.plan import Destination, IPVSService, ServiceKey, TunnelDevice
 from .errors import AlreadyExists, InvalidArgument, KernelError, KernelUnavailable, NotFound
 from .ipvs import (
+    SYNC_IFNAME_MAX,
+    SYNC_STATES,
     IPVSOp,
     IPVSOpKind,
     IPVSStats,
@@ -22,10 +25,12 @@ from .ipvs import (
     LiveDestination,
     LiveService,
     OpFailure,
+    SyncDaemon,
+    daemon_attributes,
     dest_attributes,
     service_attributes,
 )
-from .netstate import AddressEntry, ChainSpec, IPSetState
+from .netstate import MAX_ADDRESS_LIFETIME, AddressEntry, ChainSpec, IPSetState
 from .real_chains import canonical_rule
 
 __all__ = [
@@ -56,13 +61,19 @@ def _added(stats: IPVSStats, counts: dict[str, int]) -> IPVSStats:
 class FakeIPVS:
     """An IPVS table in memory. Tests move connection counts with `set_connections`, counters
     with `add_traffic`, rate estimates with `set_rates`; `connection_table` is what
-    `connections()` returns (set_connections keeps it in step with the counts)."""
+    `connections()` returns (set_connections keeps it in step with the counts).
+
+    Sync daemons: `interfaces` are the names of the namespace's interfaces (each of MTU
+    1500); without it any name a Linux interface could have is taken to exist (never "",
+    ".", "..", or one with "/", ":" or whitespace: dev_valid_name)."""
 
     VERSION = "1.2.1"  # what Linux has reported since 2.6 (IP_VS_VERSION_CODE 0x010201)
     CONN_TAB_SIZE = 4096  # 1 << CONFIG_IP_VS_TAB_BITS (12, the default)
 
-    def __init__(self, available: bool = True) -> None:
+    def __init__(self, available: bool = True, interfaces: Collection[str] | None = None) -> None:
         self.available = available
+        self.interfaces = None if interfaces is None else frozenset(interfaces)
+        self._daemons: dict[str, SyncDaemon] = {}
         self._services: dict[ServiceKey, _FakeService] = {}
         self.applied: list[IPVSOp] = []  # every op that succeeded, in order
         self.connection_table: list[LiveConnection] = []
@@ -104,6 +115,60 @@ class FakeIPVS:
         self.probe()
         return list(self.connection_table)
 
+    def daemons(self) -> list[SyncDaemon]:
+        self.probe()
+        return [self._daemons[state] for state in SYNC_STATES if state in self._daemons]
+
+    def start_daemon(self, d: SyncDaemon) -> None:
+        """In the kernel's order of checks (ip_vs_genl_new_daemon, start_sync_thread)."""
+        self.probe()
+        what = f"start the IPVS {d}"
+        if d.state not in SYNC_STATES:
+            raise InvalidArgument(f"{what}: state {d.state!r} is neither master nor backup")
+        if len(d.interface.encode()) > SYNC_IFNAME_MAX:
+            raise InvalidArgument(f"{what}: interface name longer than {SYNC_IFNAME_MAX} bytes")
+        if not 0 <= d.sync_id <= 255:
+            raise InvalidArgument(f"{what}: sync id {d.sync_id} is not in 0..255")
+        if not (0 <= d.sync_maxlen <= 0xFFFF and 0 <= d.mcast_port <= 0xFFFF):
+            raise InvalidArgument(f"{what}: sync maxlen or port out of range")
+        if not 0 <= d.mcast_ttl <= 0xFF:
+            raise InvalidArgument(f"{what}: ttl {d.mcast_ttl} out of range")
+        if d.mcast_group:
+            try:
+                group = ipaddress.ip_address(d.mcast_group)
+            except ValueError as exc:
+                raise InvalidArgument(f"{what}: {d.mcast_group!r} is not an address") from exc
+            if not group.is_multicast:
+                raise InvalidArgument(f"{what}: {group} is not a multicast group")
+            d = d._replace(mcast_group=str(group))
+        if self._mixed_family():
+            raise InvalidArgument(f"{what}: a destination of the other address family exists")
+        if not self._interface_exists(d.interface):
+            raise NotFound(f"{what}: no interface {d.interface!r} in this namespace")
+        if d.state in self._daemons:
+            raise AlreadyExists(f"{what}: a {d.state} sync daemon is already running")
+        self._daemons[d.state] = daemon_attributes(d)
+
+    def stop_daemon(self, state: str) -> None:
+        self.probe()
+        what = f"stop the IPVS {state} sync daemon"
+        if state not in SYNC_STATES:
+            raise InvalidArgument(f"{what}: state {state!r} is neither master nor backup")
+        if self._daemons.pop(state, None) is None:
+            raise NotFound(f"{what}: no {state} sync daemon is running")
+
+    def _interface_exists(self, name: str) -> bool:
+        if self.interfaces is not None:
+            return name in self.interfaces
+        return name not in ("", ".", "..") and not any(c in "/:" or c.isspace() for c in name)
+
+    def _mixed_family(self) -> bool:
+        return any(
+            (6 if ":" in dkey[0] else 4) != key.family
+            for key, svc in self._services.items()
+            for dkey in svc.dests
+        )
+
     def apply(self, ops: Sequence[IPVSOp]) -> list[OpFailure]:
         self.probe()
         failures = []
@@ -138,6 +203,9 @@ class FakeIPVS:
         assert op.dest is not None, op
         dkey = op.dest.key
         if op.kind is not IPVSOpKind.DEL_DEST:
+            if self._daemons and (6 if ":" in op.dest.address else 4) != key.family:
+                # ip_vs_genl_set_cmd: the sync protocol cannot carry mixed families
+                raise InvalidArgument(f"{key}: a sync daemon runs, no mixed-family destination")
             _check_dest(key, op.dest)
         if op.kind is IPVSOpKind.ADD_DEST:
             if dkey in svc.dests:
@@ -394,46 +462,90 @@ def _sets_used(specs: Iterable[ChainSpec]) -> set[str]:
 
 class FakeAddresses:
     """Addresses with the kernel's identity rules: IPv4 (device, address, prefix), IPv6
-    (device, address); canonical text; a foreign address is never deleted (NotFound)."""
+    (device, address); canonical text; a foreign address is never deleted (NotFound).
+
+    Lifetimes run on `clock` (monotonic seconds; inject one to let tests move time) and
+    count down like the kernel's: the remaining lifetime is the one set minus the whole
+    seconds since, and the address is gone once all of it has passed."""
 
     def __init__(
-        self, route_device: str | None = "eth0", devices: Iterable[str] | None = None
+        self,
+        route_device: str | None = "eth0",
+        devices: Iterable[str] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.entries: dict[tuple[str, str, int], AddressEntry] = {}
         self._route_device = route_device
         self._devices = None if devices is None else set(devices)  # None: any device exists
+        self._clock = clock
+        self._lifetimes: dict[tuple[str, str, int], tuple[float, int]] = {}  # key: (set at, s)
 
     def list(self) -> list[AddressEntry]:
-        return list(self.entries.values())
+        self._expire()
+        now = self._clock()
+        out = []
+        for key, entry in self.entries.items():
+            if key in self._lifetimes:
+                since, lifetime = self._lifetimes[key]
+                entry = entry._replace(lifetime=max(0, lifetime - int(now - since)))
+            out.append(entry)
+        return out
 
-    def add(self, device: str, address: str, prefix_length: int) -> None:
+    def add(
+        self, device: str, address: str, prefix_length: int, lifetime: int | None = None
+    ) -> None:
         address = _canonical_ip(address, prefix_length)
+        if lifetime is not None and not 1 <= lifetime <= MAX_ADDRESS_LIFETIME:
+            raise InvalidArgument(f"address lifetime {lifetime} is out of range")
         self._check_device(device)
+        self._expire()
         key = (device, address, prefix_length)
         same = [k for k in self.entries if k[:2] == key[:2]]
-        if key in self.entries or (":" in address and same):
+        present = key in self.entries or (":" in address and bool(same))
+        if present and not (lifetime is not None and self._is_ours(key)):
             raise AlreadyExists(f"{address}/{prefix_length} already on {device}")
         self.entries[key] = AddressEntry(device, address, prefix_length, True)
+        if lifetime is None:
+            self._lifetimes.pop(key, None)
+        else:
+            self._lifetimes[key] = (self._clock(), lifetime)
 
     def delete(self, device: str, address: str, prefix_length: int) -> None:
         address = _canonical_ip(address, prefix_length)
         self._check_device(device)
+        self._expire()
         entry = self.entries.get((device, address, prefix_length))
         if entry is None or not entry.owned:
             raise NotFound(f"{address}/{prefix_length} of ours is not on {device}")
         del self.entries[(device, address, prefix_length)]
+        self._lifetimes.pop((device, address, prefix_length), None)
 
     def add_foreign(self, device: str, address: str, prefix_length: int) -> None:
         address = _canonical_ip(address, prefix_length)
         self.entries[(device, address, prefix_length)] = AddressEntry(
             device, address, prefix_length, False
         )
+        self._lifetimes.pop((device, address, prefix_length), None)
 
     def route_device(self, address: str) -> str | None:
         """Like `ip route get fibmatch` for a local address: the device holding it."""
         address = _canonical_ip(address, 0)
+        self._expire()
         held = [e.device for e in self.entries.values() if e.address == address]
         return held[0] if held else self._route_device
+
+    def _is_ours(self, key: tuple[str, str, int]) -> bool:
+        """Refreshable: this very address (prefix length included) is there and ours."""
+        entry = self.entries.get(key)
+        return entry is not None and entry.owned
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for key, (since, lifetime) in list(self._lifetimes.items()):
+            if now - since >= lifetime:
+                del self._lifetimes[key]
+                del self.entries[key]
 
     def _check_device(self, device: str) -> None:
         if self._devices is not None and device not in self._devices:

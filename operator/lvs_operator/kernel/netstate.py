@@ -11,6 +11,7 @@ from ..compiler.plan import TunnelDevice
 
 __all__ = [
     "ADDRESS_PROTO",
+    "MAX_ADDRESS_LIFETIME",
     "AddressEntry",
     "Addresses",
     "ChainSpec",
@@ -76,17 +77,38 @@ class OwnedChains(Protocol):
         ...
 
 
+# The longest finite address lifetime: the kernel reads 0xFFFFFFFF seconds as "forever".
+MAX_ADDRESS_LIFETIME = 0xFFFFFFFE
+
+
 class AddressEntry(NamedTuple):
     device: str
     address: str
     prefix_length: int
     owned: bool  # carries ADDRESS_PROTO
+    # Seconds the address has left (IFA_CACHEINFO ifa_valid): the lifetime last set minus
+    # the whole seconds since, so 1..lifetime while it lasts (0 for the moment before the
+    # kernel deletes it); None when it lasts forever.
+    lifetime: int | None = None
 
 
 class Addresses(Protocol):
-    def list(self) -> list[AddressEntry]: ...
-    def add(self, device: str, address: str, prefix_length: int) -> None:
-        """Add with ADDRESS_PROTO; AlreadyExists if present."""
+    def list(self) -> list[AddressEntry]:
+        """Every address that has not run out; owned only where it carries ADDRESS_PROTO."""
+        ...
+
+    def add(
+        self, device: str, address: str, prefix_length: int, lifetime: int | None = None
+    ) -> None:
+        """Add with ADDRESS_PROTO; AlreadyExists if present.
+
+        With a `lifetime` (seconds, 1..MAX_ADDRESS_LIFETIME) the address has valid_lft =
+        preferred_lft = lifetime and the kernel deletes it when that runs out, whether or not
+        the agent is still alive: an HA VIP is held by refreshing it. Adding an address that
+        is already ours (same identity, see the implementations) with a lifetime refreshes
+        it, making it expire `lifetime` seconds from now, instead of AlreadyExists; a foreign
+        address is still AlreadyExists and left as it is. InvalidArgument for a lifetime out
+        of range."""
         ...
 
     def delete(self, device: str, address: str, prefix_length: int) -> None: ...

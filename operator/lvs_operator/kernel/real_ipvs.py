@@ -13,6 +13,10 @@ flags, forwarding method, thresholds and tunnel fields, its "update" command del
 `tun_port` has the wrong byte order. Values follow include/uapi/linux/ip_vs.h and
 net/netfilter/ipvs/ip_vs_ctl.c (Linux 6.1).
 
+Sync daemons (`ipvsadm --start-daemon`) are IPVS_CMD_NEW_DAEMON / DEL_DAEMON / GET_DAEMON
+(a dump) with one IPVS_CMD_ATTR_DAEMON nest each (ip_vs_genl_set_daemon and
+ip_vs_genl_dump_daemons in ip_vs_ctl.c, start_sync_thread in ip_vs_sync.c).
+
 IPVS has no netlink dump of its connection table: `connections()` reads
 /proc/net/ip_vs_conn inside the namespace, as `ipvsadm -L -c` does (its format is
 ip_vs_conn_seq_show in net/netfilter/ipvs/ip_vs_conn.c).
@@ -27,7 +31,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import NamedTuple
 
@@ -51,6 +55,8 @@ from .errors import (
     PermissionDenied,
 )
 from .ipvs import (
+    SYNC_IFNAME_MAX,
+    SYNC_STATES,
     IPVSOp,
     IPVSOpKind,
     IPVSStats,
@@ -58,6 +64,7 @@ from .ipvs import (
     LiveDestination,
     LiveService,
     OpFailure,
+    SyncDaemon,
 )
 from .netns import entered
 
@@ -83,10 +90,11 @@ NLMSGERR_ATTR_MSG = 1
 GENL_VERSION = 1
 CMD_NEW_SERVICE, CMD_SET_SERVICE, CMD_DEL_SERVICE, CMD_GET_SERVICE = 1, 2, 3, 4
 CMD_NEW_DEST, CMD_SET_DEST, CMD_DEL_DEST, CMD_GET_DEST = 5, 6, 7, 8
+CMD_NEW_DAEMON, CMD_DEL_DAEMON, CMD_GET_DAEMON = 9, 10, 11
 CMD_GET_INFO, CMD_ZERO = 15, 16
 INFO_VERSION, INFO_CONN_TAB_SIZE = 1, 2
 
-CMD_ATTR_SERVICE, CMD_ATTR_DEST = 1, 2
+CMD_ATTR_SERVICE, CMD_ATTR_DEST, CMD_ATTR_DAEMON = 1, 2, 3
 
 SVC_AF, SVC_PROTOCOL, SVC_ADDR, SVC_PORT, SVC_FWMARK = 1, 2, 3, 4, 5
 SVC_SCHED_NAME, SVC_FLAGS, SVC_TIMEOUT, SVC_NETMASK, SVC_PE_NAME = 6, 7, 8, 9, 11
@@ -96,6 +104,10 @@ DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT, DEST_U_THRESH, DEST_L_THRESH
 DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_PERSIST_CONNS = 7, 8, 9
 DEST_ADDR_FAMILY, DEST_TUN_TYPE, DEST_TUN_PORT, DEST_TUN_FLAGS = 11, 13, 14, 15
 DEST_STATS, DEST_STATS64 = 10, 12
+DAEMON_STATE, DAEMON_MCAST_IFN, DAEMON_SYNC_ID, DAEMON_SYNC_MAXLEN = 1, 2, 3, 4
+DAEMON_MCAST_GROUP, DAEMON_MCAST_GROUP6, DAEMON_MCAST_PORT, DAEMON_MCAST_TTL = 5, 6, 7, 8
+_SYNC_STATE = {"master": 1, "backup": 2}  # IP_VS_STATE_MASTER, IP_VS_STATE_BACKUP
+_SYNC_STATE_NAME = {v: k for k, v in _SYNC_STATE.items()}
 # Inside either stats nest: IPVS_STATS_ATTR_CONNS .. IPVS_STATS_ATTR_OUTBPS, in IPVSStats order.
 STATS_ATTRS = range(1, 11)
 
@@ -339,6 +351,40 @@ def _encode_op(op: IPVSOp, keys: dict[ServiceKey, bytes]) -> bytes:
     return head + key + (_dest_key(op.dest) if kind is IPVSOpKind.DEL_DEST else _dest_full(op.dest))
 
 
+def _daemon_state(state: str) -> bytes:
+    value = _SYNC_STATE.get(state)
+    if value is None:
+        raise _EncodeError(f"sync daemon state {state!r} is neither master nor backup")
+    return _u32(DAEMON_STATE, value)
+
+
+def _daemon_full(d: SyncDaemon) -> bytes:
+    """CMD_ATTR_DAEMON for IPVS_CMD_NEW_DAEMON; zero values are left out (kernel defaults)."""
+    name = d.interface.encode()
+    if len(name) > SYNC_IFNAME_MAX or b"\0" in name:
+        raise _EncodeError(f"interface name {d.interface!r} is longer than {SYNC_IFNAME_MAX} bytes")
+    if not 0 <= d.sync_id <= 255:  # the sync messages carry it in one byte
+        raise _EncodeError(f"sync id {d.sync_id} is not in 0..255")
+    body = _daemon_state(d.state) + _nla(DAEMON_MCAST_IFN, name + b"\0")
+    body += _u32(DAEMON_SYNC_ID, d.sync_id)
+    if d.mcast_group:  # the kernel checks that it is multicast (EINVAL)
+        af, packed = _address(d.mcast_group)
+        body += _nla(DAEMON_MCAST_GROUP6 if af == socket.AF_INET6 else DAEMON_MCAST_GROUP, packed)
+    try:
+        if d.sync_maxlen:
+            body += _u16(DAEMON_SYNC_MAXLEN, d.sync_maxlen)
+        if d.mcast_port:
+            body += _u16(DAEMON_MCAST_PORT, d.mcast_port)
+        if d.mcast_ttl:
+            body += _nla(DAEMON_MCAST_TTL, bytes([d.mcast_ttl]))
+    except (struct.error, ValueError) as exc:
+        raise _EncodeError(
+            f"a value is out of range (sync maxlen {d.sync_maxlen}, port {d.mcast_port}, "
+            f"ttl {d.mcast_ttl})"
+        ) from exc
+    return _nla(CMD_ATTR_DAEMON, body)
+
+
 # --------------------------------------------------------------------------- decoding
 
 
@@ -355,6 +401,11 @@ def _attrs(buf: memoryview, start: int, end: int) -> dict[int, memoryview]:
 
 def _nested(payload: memoryview) -> dict[int, memoryview]:
     return _attrs(payload, 0, len(payload))
+
+
+def _get_u16(attrs: dict[int, memoryview], kind: int) -> int:
+    value = attrs.get(kind)
+    return 0 if value is None else int(_U16.unpack_from(value)[0])
 
 
 def _get_u32(attrs: dict[int, memoryview], kind: int, default: int = 0) -> int:
@@ -501,6 +552,28 @@ def _decode_dest_attrs(a: dict[int, memoryview], service_af: int) -> LiveDestina
         _get_u32(a, DEST_PERSIST_CONNS),
         _stats_of(a, DEST_STATS64, DEST_STATS),
     )
+
+
+def _decode_daemon(a: dict[int, memoryview]) -> SyncDaemon:
+    """One IPVS_CMD_ATTR_DAEMON nest (ip_vs_genl_fill_daemon)."""
+    try:
+        state = _get_u32(a, DAEMON_STATE)
+        group = ""
+        if DAEMON_MCAST_GROUP6 in a:
+            group = _ip_text(socket.AF_INET6, a[DAEMON_MCAST_GROUP6])
+        elif DAEMON_MCAST_GROUP in a:
+            group = _ip_text(socket.AF_INET, a[DAEMON_MCAST_GROUP])
+        return SyncDaemon(
+            state=_SYNC_STATE_NAME.get(state, f"state-{state}"),
+            interface=_get_string(a, DAEMON_MCAST_IFN),
+            sync_id=_get_u32(a, DAEMON_SYNC_ID),
+            sync_maxlen=_get_u16(a, DAEMON_SYNC_MAXLEN),
+            mcast_group=group,
+            mcast_port=_get_u16(a, DAEMON_MCAST_PORT),
+            mcast_ttl=a[DAEMON_MCAST_TTL][0] if DAEMON_MCAST_TTL in a else 0,
+        )
+    except (IndexError, struct.error, ValueError) as exc:
+        raise KernelError(f"unexpected IPVS sync daemon message ({exc})") from exc
 
 
 # The generic decoder above builds a dict per message. A dump of a large table is mostly
@@ -771,9 +844,18 @@ class NetlinkIPVS:
                 detail = bytes(msg).split(b"\0", 1)[0].decode(errors="replace")
         return code, detail
 
-    def _dump(self, cmd: int, attrs: bytes, what: str, *, dump: bool = True) -> list[memoryview]:
+    def _dump(
+        self,
+        cmd: int,
+        attrs: bytes,
+        what: str,
+        *,
+        dump: bool = True,
+        translate: Callable[[int, str, str], KernelError] | None = None,
+    ) -> list[memoryview]:
         """Every message a request gets back (copied out of the receive buffer): a dump ends
-        with NLMSG_DONE, a plain request (dump=False) with its ack."""
+        with NLMSG_DONE, a plain request (dump=False) with its ack. `translate(errno, what,
+        detail)` replaces the generic errno translation."""
         sock = self._socket()
         seq = self._next_seq(1)
         body = bytes([cmd]) + _GENL[1:] + attrs
@@ -791,6 +873,8 @@ class NetlinkIPVS:
                     elif mtype == NLMSG_ERROR:
                         code, detail = self._error(flags, payload)
                         if code:
+                            if translate is not None:
+                                raise translate(code, what, detail)
                             raise _translate(code, what, detail=detail)
                         done = True
                     elif mtype == self._family:
@@ -881,6 +965,109 @@ class NetlinkIPVS:
         except OSError as exc:
             raise _translate(exc.errno or errno.EIO, f"read {CONN_PROC_FILE}") from exc
         return parse_ip_vs_conn(text)
+
+    def daemons(self) -> list[SyncDaemon]:
+        """IPVS_CMD_GET_DAEMON (a dump, CAP_NET_ADMIN even to read): master, then backup."""
+        found = []
+        for payload in self._dump(CMD_GET_DAEMON, b"", "list the IPVS sync daemons"):
+            top = _nested(payload)
+            if CMD_ATTR_DAEMON in top:
+                found.append(_decode_daemon(_nested(top[CMD_ATTR_DAEMON])))
+        order = {state: i for i, state in enumerate(SYNC_STATES)}
+        return sorted(found, key=lambda d: order.get(d.state, len(order)))
+
+    def start_daemon(self, d: SyncDaemon) -> None:
+        """IPVS_CMD_NEW_DAEMON. The kernel looks the interface up by name in this namespace
+        (ENODEV: NotFound naming it) before it checks for a running daemon of that state
+        (EEXIST: AlreadyExists)."""
+        what = f"start the IPVS {d}"
+        try:
+            attrs = _daemon_full(d)
+        except _EncodeError as exc:
+            raise InvalidArgument(f"{what}: {exc}") from exc
+
+        def translate(code: int, what: str, detail: str) -> KernelError:
+            if code == errno.ENODEV:
+                where = f"network namespace {self.netns}" if self.netns else "this namespace"
+                return NotFound(f"{what}: no interface {d.interface!r} in {where}")
+            if code == errno.EEXIST:
+                return AlreadyExists(f"{what}: a {d.state} sync daemon is already running")
+            if code == errno.EINVAL:
+                return InvalidArgument(
+                    f"{what}: {os.strerror(code)} (the multicast group must be a multicast "
+                    "address, and no service may have a destination of the other address "
+                    "family: the sync protocol cannot carry it)"
+                )
+            return _translate(code, what, detail=detail)
+
+        self._dump(CMD_NEW_DAEMON, attrs, what, dump=False, translate=translate)
+
+    def stop_daemon(self, state: str) -> None:
+        """IPVS_CMD_DEL_DAEMON: ESRCH (NotFound) when no daemon of that state runs.
+
+        A sync thread stopped before it first ran makes kthread_stop, and so the command,
+        return -EINTR, for which netlink_rcv_skb sends no ack at all (the daemon is gone all
+        the same: stop_sync_thread clears it first). So a GET_DAEMON dump goes in the same
+        send: its end proves the kernel has handled the stop, ack or not, and shows whether
+        the daemon is gone."""
+        what = f"stop the IPVS {state} sync daemon"
+        try:
+            attrs = _nla(CMD_ATTR_DAEMON, _daemon_state(state))
+        except _EncodeError as exc:
+            raise InvalidArgument(f"{what}: {exc}") from exc
+        code, detail, payloads = self._then_dump(CMD_DEL_DAEMON, attrs, CMD_GET_DAEMON, what)
+        if code == errno.ESRCH:
+            raise NotFound(f"{what}: no {state} sync daemon is running")
+        if code:
+            raise _translate(code, what, detail=detail)
+        for payload in payloads:
+            top = _nested(payload)
+            if (
+                CMD_ATTR_DAEMON in top
+                and _decode_daemon(_nested(top[CMD_ATTR_DAEMON])).state == state
+            ):
+                raise KernelError(f"{what}: the kernel still lists it after the stop")
+
+    def _then_dump(
+        self, cmd: int, attrs: bytes, dump_cmd: int, what: str
+    ) -> tuple[int | None, str, list[memoryview]]:
+        """`cmd` (acked) and a `dump_cmd` dump in one send: (errno of `cmd`, 0 for its ack,
+        None when the kernel sent neither; its extended-ack message; the dump's messages)."""
+        sock = self._socket()
+        seq = self._next_seq(2)
+        first = bytes([cmd]) + _GENL[1:] + attrs
+        second = bytes([dump_cmd]) + _GENL[1:]
+        code: int | None = None
+        detail = ""
+        out: list[memoryview] = []
+        try:
+            sock.send(
+                _HDR.pack(_HDR.size + len(first), self._family, NLM_F_REQUEST | NLM_F_ACK, seq, 0)
+                + first
+                + _HDR.pack(
+                    _HDR.size + len(second), self._family, NLM_F_REQUEST | NLM_F_DUMP, seq + 1, 0
+                )
+                + second
+            )
+            for _ in range(1 << 30):  # bounded by the dump's own end
+                for mtype, flags, mseq, payload in self._messages():
+                    if mseq == seq and mtype == NLMSG_ERROR:
+                        code, detail = self._error(flags, payload)
+                    elif mseq != seq + 1:
+                        continue
+                    elif mtype == NLMSG_DONE:
+                        return code, detail, out
+                    elif mtype == NLMSG_ERROR:
+                        dump_code, dump_detail = self._error(flags, payload)
+                        if dump_code:
+                            raise _translate(dump_code, what, detail=dump_detail)
+                        return code, detail, out
+                    elif mtype == self._family:
+                        out.append(memoryview(bytes(payload[4:])))
+        except OSError as exc:
+            self.close()
+            raise _transport(exc, what) from exc
+        raise AssertionError("unreachable")
 
     def apply(self, ops: Sequence[IPVSOp]) -> list[OpFailure]:
         """Every op in order, `batch` per send; failures come back per op."""

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 from pyroute2 import IPRoute
 from pyroute2.netlink import (
@@ -45,7 +45,7 @@ from .errors import (
     PermissionDenied,
 )
 from .netns import entered
-from .netstate import ADDRESS_PROTO, AddressEntry
+from .netstate import ADDRESS_PROTO, MAX_ADDRESS_LIFETIME, AddressEntry
 
 __all__ = ["NetlinkAddresses", "NetlinkTunnels", "ProcSysctls"]
 
@@ -124,7 +124,7 @@ class _Netlink:
         """Release the socket (and pyroute2's event loop behind it)."""
         self._ipr.close()
 
-    def __enter__(self) -> _Netlink:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -195,17 +195,28 @@ class NetlinkAddresses(_Netlink):
                     _local_address(msg),
                     int(msg["prefixlen"]),
                     msg.get("IFA_PROTO") == ADDRESS_PROTO,
+                    _remaining(msg),
                 )
             )
         return out
 
-    def add(self, device: str, address: str, prefix_length: int) -> None:
+    def add(
+        self, device: str, address: str, prefix_length: int, lifetime: int | None = None
+    ) -> None:
         """Add with ADDRESS_PROTO (IPv6 with nodad); AlreadyExists if present.
 
         The kernel's identity of an address: IPv4 (local, prefix length) per device, so
-        192.0.2.1/32 and 192.0.2.1/24 may coexist; IPv6 the address alone per device."""
+        192.0.2.1/32 and 192.0.2.1/24 may coexist; IPv6 the address alone per device.
+
+        With a `lifetime`, valid_lft = preferred_lft = lifetime (`ip addr add ... valid_lft N
+        preferred_lft N`); if the address is there already and ours (same identity and prefix
+        length) it is refreshed in place (RTM_NEWADDR with NLM_F_REPLACE, as `ip addr
+        replace`): no delete, so connections to the VIP never see it go. A replace rewrites
+        IFA_PROTO and the IPv6 flags too, so both are sent again; one that finds the address
+        gone in the meantime (it ran out) adds it afresh."""
         ip = _parse_ip(address)
         _check_prefix(ip, prefix_length)
+        _check_lifetime(lifetime)
         index = self._index(device)
         request: dict[str, Any] = {
             "index": index,
@@ -215,10 +226,45 @@ class NetlinkAddresses(_Netlink):
         }
         if ip.version == 6:
             request["flags"] = IFA_F_NODAD
+        if lifetime is not None:
+            request["valid_lft"] = request["preferred_lft"] = lifetime
         what = f"add {ip}/{prefix_length} dev {device}"
+        if lifetime is not None and self._ours_already(index, ip, prefix_length, what):
+            self._call(
+                f"refresh {ip}/{prefix_length} dev {device}", self._ipr.addr, "replace", **request
+            )
+            return
         self._call(what, self._ipr.addr, "add", **request)
         if not self._proto_kept:
             self._check_proto_kept(index, ip, prefix_length, what)
+
+    def _ours_already(
+        self,
+        index: int,
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        prefix_length: int,
+        what: str,
+    ) -> bool:
+        """Whether the address (by the kernel's identity) is on the device and ours, so a
+        refresh may replace it; AlreadyExists when it is there but foreign, or (IPv6) ours
+        with another prefix length, since a replace would rewrite someone else's address
+        (the kernel would then delete it when the lifetime ran out). False when absent: the
+        plain add then refuses whatever appears in between."""
+        for msg in self._call("list addresses", self._ipr.addr, "dump"):
+            if int(msg["index"]) != index or ipaddress.ip_address(_local_address(msg)) != ip:
+                continue
+            have = int(msg["prefixlen"])
+            if ip.version == 4 and have != prefix_length:
+                continue
+            if msg.get("IFA_PROTO") != ADDRESS_PROTO:
+                raise AlreadyExists(
+                    f"{what}: the address there is not ours (IFA_PROTO "
+                    f"{msg.get('IFA_PROTO', 0)}, ours is {ADDRESS_PROTO}); left alone"
+                )
+            if have != prefix_length:
+                raise AlreadyExists(f"{what}: ours is there as {ip}/{have}")
+            return True
+        return False
 
     def _check_proto_kept(
         self,
@@ -344,6 +390,27 @@ def _local_address(msg: Any) -> str:
 
 def _flags(msg: Any) -> int:
     return int(msg.get("IFA_FLAGS") or msg["flags"])
+
+
+INFINITY_LIFE_TIME = 0xFFFFFFFF
+
+
+def _remaining(msg: Any) -> int | None:
+    """IFA_CACHEINFO ifa_valid: the valid lifetime last set minus the whole seconds since
+    (both families), 0xFFFFFFFF for forever."""
+    cacheinfo = msg.get("IFA_CACHEINFO")
+    if cacheinfo is None:
+        return None
+    valid = int(cacheinfo["ifa_valid"])
+    return None if valid == INFINITY_LIFE_TIME else valid
+
+
+def _check_lifetime(lifetime: int | None) -> None:
+    """The kernel refuses a valid lifetime of 0 (EINVAL) and reads 0xFFFFFFFF as forever."""
+    if lifetime is not None and not 1 <= lifetime <= MAX_ADDRESS_LIFETIME:
+        raise InvalidArgument(
+            f"address lifetime {lifetime} is out of range (1..{MAX_ADDRESS_LIFETIME} seconds)"
+        )
 
 
 # --- sysctls --------------------------------------------------------------------------------
