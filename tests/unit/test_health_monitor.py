@@ -227,3 +227,27 @@ def test_two_directors_one_vip_lease_driver_moves_it_without_overlap():
     assert moved_at is not None, "the standby never took over"
     # lease duration 3 s from the standby's last sight of a renewal (<= one retry period ago)
     assert moved_at - down_at <= 3 + 1.0 + 0.1
+
+
+def test_connection_sync_runs_master_and_backup_daemons_and_stops_only_its_own():
+    from lvs_operator.kernel.ipvs import SyncDaemon
+
+    ha = {"mode": "Lease", "connectionSync": {"enabled": True, "syncID": 7}}
+    plan = plans(vs("web", ha=ha), *web(A[0])[1:])
+    kernel, state = fake_kernel(), AgentState()
+    report = reconcile(plan, kernel, state)
+    assert report.ok, report.failures
+    assert {(d.state, d.interface, d.sync_id) for d in kernel.ipvs.daemons()} == {
+        ("master", "eth0", 7), ("backup", "eth0", 7)}
+    assert state.sync_daemons == {"master", "backup"}
+    assert not reconcile(plan, kernel, state).steps  # in sync: nothing to do
+    kernel.ipvs.stop_daemon("backup")  # drift
+    assert [str(s) for s in reconcile(plan, kernel, state).steps] == [
+        "sync start backup on eth0 syncid 7"]
+    reconcile(plans(*web(A[0])), kernel, state)  # no HA any more
+    assert kernel.ipvs.daemons() == [] and not state.sync_daemons
+    kernel.ipvs.start_daemon(SyncDaemon("master", "eth0", 3))  # keepalived's, say
+    report = reconcile(plan, kernel, state)
+    assert any("not started by lvs-agent" in w for w in report.warnings)
+    assert {(d.state, d.sync_id) for d in kernel.ipvs.daemons()} == {
+        ("master", 3), ("backup", 7)}

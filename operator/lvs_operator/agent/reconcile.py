@@ -25,6 +25,7 @@ from ..kernel.ipvs import (
     IPVSOpKind,
     IPVSTable,
     LiveService,
+    SyncDaemon,
     dest_attributes,
     service_attributes,
 )
@@ -63,7 +64,7 @@ class Kernel:
 class Step(NamedTuple):
     """One change to the kernel, as data: printed by --dry-run, executed otherwise."""
 
-    layer: str  # sysctl | tunnel | address | ipset | chain | ipvs
+    layer: str  # sysctl | tunnel | sync | address | ipset | chain | ipvs
     verb: str
     target: object
     detail: str = ""
@@ -104,6 +105,7 @@ class _Live:
     foreign_addresses: set[tuple[str, str, int]]
     sysctls: dict[str, str | None]
     tunnels: dict[str, TunnelDevice]
+    daemons: dict[str, SyncDaemon] | None  # None: not read (not needed, or unreadable)
 
 
 def _read_live(plan: NodePlan, kernel: Kernel, state: AgentState, report: ReconcileReport) -> _Live:
@@ -131,6 +133,12 @@ def _read_live(plan: NodePlan, kernel: Kernel, state: AgentState, report: Reconc
     foreign: set[tuple[str, str, int]] = set()
     for a in kernel.addresses.list():
         (owned if a.owned else foreign).add((a.device, a.address, a.prefix_length))
+    daemons: dict[str, SyncDaemon] | None = None
+    if state.sync_daemons or any(v.ha is not None and v.ha.sync for v in plan.director.vips):
+        try:
+            daemons = {d.state: d for d in kernel.ipvs.daemons()}
+        except KernelError as exc:
+            report.failures.append(f"ipvs sync daemons: {exc}")
     keys = {s.key for s in plan.director.sysctls} | {s.key for s in plan.backend.sysctls}
     keys |= set(state.sysctl_originals)
     return _Live(
@@ -141,6 +149,7 @@ def _read_live(plan: NodePlan, kernel: Kernel, state: AgentState, report: Reconc
         foreign_addresses=foreign,
         sysctls={k: kernel.sysctls.get(k) for k in sorted(keys)},
         tunnels={t.name: t for t in kernel.tunnels.list_up()},
+        daemons=daemons,
     )
 
 
@@ -184,6 +193,60 @@ def _desired_addresses(
     for lo in plan.backend.vips:
         out.add((lo.device, lo.address, lo.prefix_length))
     return out
+
+
+def _desired_daemons(
+    plan: NodePlan, kernel: Kernel, report: ReconcileReport
+) -> dict[str, SyncDaemon]:
+    """Connection sync: a master AND a backup daemon on every director of a VIP with
+    spec.ha.connectionSync, so connections flow to whichever director takes over (and back).
+    The kernel runs one daemon per state, so the first such VIP decides."""
+    chosen: tuple[str, int, str] | None = None
+    for vip in plan.director.vips:
+        ha = vip.ha
+        if ha is None or not ha.sync:
+            continue
+        device = ha.sync_interface or vip.interface or kernel.addresses.route_device(vip.address)
+        if not device:
+            report.failures.append(
+                f"VIP {vip.address}: no device for the IPVS sync daemon; set "
+                "spec.ha.connectionSync.interface")
+            continue
+        if chosen is None:
+            chosen = (device, ha.sync_id, vip.address)
+        elif chosen[:2] != (device, ha.sync_id):
+            report.warnings.append(
+                f"VIP {vip.address} asks for connection sync on {device} syncID {ha.sync_id}, "
+                f"but VIP {chosen[2]} already has it on {chosen[0]} syncID {chosen[1]} (the "
+                "kernel runs one sync daemon per state); use the same connectionSync settings")
+    if chosen is None:
+        return {}
+    return {st: SyncDaemon(st, chosen[0], chosen[1]) for st in ("master", "backup")}
+
+
+def _daemon_steps(
+    plan: NodePlan, kernel: Kernel, state: AgentState, live: _Live, report: ReconcileReport
+) -> list[Step]:
+    if live.daemons is None:
+        return []
+    steps: list[Step] = []
+    wanted = _desired_daemons(plan, kernel, report)
+    for st in ("master", "backup"):
+        want, have = wanted.get(st), live.daemons.get(st)
+        same = (want is not None and have is not None
+                and (have.interface, have.sync_id) == (want.interface, want.sync_id))
+        if have is not None and not same:
+            if st not in state.sync_daemons:
+                if want is not None:
+                    report.warnings.append(
+                        f"an IPVS sync daemon ({st} on {have.interface} syncid {have.sync_id}) "
+                        "was not started by lvs-agent (keepalived?); it is left untouched")
+                continue
+            steps.append(Step("sync", "stop", st, f"{st} on {have.interface}"))
+        if want is not None and not same:
+            steps.append(Step("sync", "start", want,
+                              f"{st} on {want.interface} syncid {want.sync_id}"))
+    return steps
 
 
 def diff(
@@ -242,6 +305,8 @@ def diff(
     for key, original in sorted(state.sysctl_originals.items()):
         if key not in wanted and live.sysctls.get(key) not in (None, original):
             restore_sysctls.append(Step("sysctl", "restore", (key, original), f"{key}={original}"))
+
+    steps.extend(_daemon_steps(plan, kernel, state, live, report))
 
     # addresses: VIPs on directors, VIPs on lo of DR/TUN real servers
     wanted_addrs = _desired_addresses(plan, kernel, report, held)
@@ -453,6 +518,14 @@ def _execute(step: Step, kernel: Kernel, state: AgentState) -> None:
             dev = cast(TunnelDevice, t)
             kernel.tunnels.release(dev)
             state.tunnels.discard(dev.name)
+    elif step.layer == "sync":
+        if step.verb == "start":
+            daemon = cast(SyncDaemon, t)
+            state.sync_daemons.add(daemon.state)
+            kernel.ipvs.start_daemon(daemon)
+        else:
+            kernel.ipvs.stop_daemon(cast(str, t))
+            state.sync_daemons.discard(cast(str, t))
     elif step.layer == "address":
         device, address, prefix = cast(tuple[str, str, int], t)
         if step.verb == "add":
@@ -548,7 +621,7 @@ def _guarded(step: Step, kernel: Kernel, state: AgentState, report: ReconcileRep
     try:
         _execute(step, kernel, state)
     except NotFound as exc:
-        if step.verb in ("delete", "destroy", "remove", "release"):
+        if step.verb in ("delete", "destroy", "remove", "release", "stop"):
             return  # already gone: the goal is reached
         report.failures.append(f"{step}: {exc}")
     except KernelError as exc:

@@ -27,6 +27,7 @@ class AgentState:
     drains: dict[DrainKey, float] = field(default_factory=dict)  # -> when draining started
     sysctl_originals: dict[str, str] = field(default_factory=dict)
     tunnels: set[str] = field(default_factory=set)
+    sync_daemons: set[str] = field(default_factory=set)  # IPVS sync daemon states we started
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -35,6 +36,7 @@ class AgentState:
             "drains": sorted([list(k[0]), k[1], k[2], t] for k, t in self.drains.items()),
             "sysctlOriginals": dict(sorted(self.sysctl_originals.items())),
             "tunnels": sorted(self.tunnels),
+            "syncDaemons": sorted(self.sync_daemons),
         }
 
     @classmethod
@@ -49,6 +51,7 @@ class AgentState:
             },
             sysctl_originals=dict(data.get("sysctlOriginals", {})),
             tunnels=set(data.get("tunnels", [])),
+            sync_daemons=set(data.get("syncDaemons", [])),
         )
 
 

@@ -46,7 +46,7 @@ COMPILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # lvs_agent_operations_total and lvs_agent_drift_repaired_total start at 0 for each.
 OPERATION_KINDS = (
     "sysctl/set", "sysctl/restore", "tunnel/ensure", "tunnel/release",
-    "address/add", "address/take", "address/delete",
+    "address/add", "address/take", "address/delete", "sync/start", "sync/stop",
     "ipset/create", "ipset/add", "ipset/delete", "ipset/destroy",
     "chain/replace", "chain/remove",
     "ipvs/add-service", "ipvs/edit-service", "ipvs/del-service",
