@@ -34,6 +34,7 @@ __all__ = [
     "Announcer",
     "ArpPacket",
     "arp_frame",
+    "checked_announcement",
     "format_mac",
     "garp_frame",
     "multicast_mac",
@@ -72,6 +73,23 @@ class Announcer(Protocol):
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def checked_announcement(
+    device: str, address: str, count: int, interval: float
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address to announce, or InvalidArgument: one rule for the real and fake kind."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError as exc:
+        raise InvalidArgument(f"{address!r} is not an IP address") from exc
+    if count < 1:
+        raise InvalidArgument(f"announce {ip} on {device}: count must be >= 1, not {count}")
+    if interval < 0:
+        raise InvalidArgument(f"announce {ip} on {device}: interval {interval} < 0")
+    if ip.is_multicast or ip.is_unspecified:
+        raise InvalidArgument(f"{ip} is not a unicast address: there is nothing to announce")
+    return ip
 
 
 def parse_mac(text: str) -> bytes:

@@ -12,7 +12,6 @@ into `errors.py` here.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import socket
 import time
@@ -23,6 +22,7 @@ from .announce import (
     ARPOP_REPLY,
     ARPOP_REQUEST,
     Announcer,
+    checked_announcement,
     garp_frame,
     unsolicited_na,
 )
@@ -73,16 +73,7 @@ class PacketAnnouncer:
         self._sleep = sleep
 
     def announce(self, device: str, address: str, count: int = 3, interval: float = 0.2) -> None:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError as exc:
-            raise InvalidArgument(f"{address!r} is not an IP address") from exc
-        if count < 1:
-            raise InvalidArgument(f"announce {ip} on {device}: count must be >= 1, not {count}")
-        if interval < 0:
-            raise InvalidArgument(f"announce {ip} on {device}: interval {interval} < 0")
-        if ip.is_multicast or ip.is_unspecified:
-            raise InvalidArgument(f"{ip} is not a unicast address: there is nothing to announce")
+        ip = checked_announcement(device, address, count, interval)
         what = f"announce {ip} on {self._where(device)}"
         sock = self._open(device, what)
         try:
