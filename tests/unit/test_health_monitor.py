@@ -251,3 +251,13 @@ def test_connection_sync_runs_master_and_backup_daemons_and_stops_only_its_own()
     assert any("not started by lvs-agent" in w for w in report.warnings)
     assert {(d.state, d.sync_id) for d in kernel.ipvs.daemons()} == {
         ("master", 3), ("backup", 7)}
+
+
+def test_the_check_is_plan_only_data_never_a_kernel_difference():
+    # The real kernel reads back health=None: a checked service must not look edited (the
+    # vm tier's equivalence test caught an edit-service on every pass).
+    from lvs_operator.kernel.ipvs import service_attributes
+
+    [svc] = checked_plan().director.services
+    assert svc.health is not None
+    assert service_attributes(svc) == service_attributes(svc._replace(health=None))

@@ -160,6 +160,7 @@ def service_attributes(s: IPVSService) -> IPVSService:
         destinations=(),
         owner="",
         drain_timeout=0,
+        health=None,  # the agent's checker settings; the kernel has no such thing
         persistence_prefix=s.persistence_prefix if persistent else 0,
         persistence_engine=s.persistence_engine if persistent else "",
     )
