@@ -891,8 +891,8 @@ class ClusterAgent:
                 self._next_full = due if due > now else now + self.interval
             started = time.monotonic()
             effective, dead = plan, frozenset[DrainKey]()
+            self._woken = False  # this pass reads verdicts and held Leases as they are now
             if self._health is not None:
-                self._woken = False  # this pass reads the verdicts as they are now
                 effective, dead = apply_health(plan, self._health.overlay())
             report = reconcile(
                 effective,
