@@ -291,6 +291,13 @@ class AddressesContract:
             addresses.add(device, VIP4, 32, lifetime=lifetime)
         assert (device, VIP4, 32) not in _keys(addresses)
 
+    def test_lo_is_up_with_a_carrier(self, addresses: Addresses) -> None:
+        assert addresses.link_up("lo") is True
+
+    def test_link_state_of_a_missing_device_not_found(self, addresses: Addresses) -> None:
+        with pytest.raises(NotFound, match=MISSING_DEVICE):
+            addresses.link_up(MISSING_DEVICE)
+
     @pytest.mark.parametrize("target", ["198.18.0.77", "192.0.2.55"], ids=["onlink", "gateway"])
     def test_route_device_of_a_routed_address(
         self, addresses: Addresses, device: str, target: str

@@ -203,7 +203,8 @@ def test_defaulting_fills_nested_defaults_top_down() -> None:
     assert spec["healthCheck"]["quorum"] == {"minimum": 1, "hysteresis": 0}
     assert spec["ha"] == {
         "mode": "Lease",
-        "lease": {"durationSeconds": 3, "renewDeadlineSeconds": 2, "retryPeriodSeconds": 1},
+        "lease": {"durationSeconds": 2, "renewDeadlineMilliseconds": 1500,
+                  "retryPeriodMilliseconds": 500},
     }
     assert spec["directors"]["nodeSelector"]["matchExpressions"] == []
     assert "persistence" not in spec and "firewallMark" not in spec  # no default: stays absent

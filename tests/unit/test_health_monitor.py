@@ -189,7 +189,7 @@ def test_two_directors_one_vip_lease_driver_moves_it_without_overlap():
     server = Server(clock)
     plan = plans(vs("web", ha={"mode": "Lease"}), *web(A[0])[1:])
     [g] = lease_groups(plan, NS)
-    assert (g.name, g.lease_name, g.lease_duration) == ("lvs-ha-192.0.2.10",) * 2 + (3,)
+    assert (g.name, g.lease_name, g.lease_duration) == ("lvs-ha-192.0.2.10",) * 2 + (2,)
     directors = {}
     for name in ("dir-a", "dir-b"):
         election = VIPElection(name, lambda grp, n=name: server.client(n, grp), clock=clock,
@@ -225,8 +225,9 @@ def test_two_directors_one_vip_lease_driver_moves_it_without_overlap():
             moved_at = clock.t
             break
     assert moved_at is not None, "the standby never took over"
-    # lease duration 3 s from the standby's last sight of a renewal (<= one retry period ago)
-    assert moved_at - down_at <= 3 + 1.0 + 0.1
+    # lease duration 2 s from the standby's last sight of a renewal (<= one jittered retry
+    # period of 0.5 s ago)
+    assert moved_at - down_at <= 2 + 0.6 + 0.1
 
 
 def test_connection_sync_runs_master_and_backup_daemons_and_stops_only_its_own():

@@ -172,7 +172,15 @@ class _CachedAddresses(_ReadCache):
         self._inner = inner
 
     def list(self) -> list[AddressEntry]:
-        return list(self.read(("list",), self._inner.list))
+        entries: list[AddressEntry] = self.read(("list",), self._inner.list)
+        if any(e.lifetime is not None for e in entries):
+            # An address with a lifetime (an HA VIP) may run out after this read: the kernel
+            # deletes it by itself, with no write here to drop the memo, so none is kept.
+            self.forget()
+        return list(entries)
+
+    def link_up(self, device: str) -> bool:
+        return self._inner.link_up(device)
 
     def add(self, device: str, address: str, prefix_length: int,
             lifetime: int | None = None) -> None:
@@ -234,7 +242,8 @@ class CachingKernel:
             _CachedTunnels(real.tunnels),
         ]
         ipsets, chains, addresses, sysctls, tunnels = self._others
-        self.view = Kernel(self._ipvs, ipsets, chains, addresses, sysctls, tunnels)  # type: ignore[arg-type]
+        self.view = Kernel(self._ipvs, ipsets, chains, addresses, sysctls, tunnels,  # type: ignore[arg-type]
+                           announcer=real.announcer, lease_lifetime=real.lease_lifetime)
 
     def refresh(self) -> None:
         """The next pass reads the kernel itself (the timer's drift repair)."""

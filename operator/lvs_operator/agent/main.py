@@ -14,6 +14,7 @@ pod's service account, else $KUBECONFIG or ~/.kube/config.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ from .cluster import (
     kubernetes_plan_source,
     step_kinds,
 )
-from .ha import LeaseDriver
+from .ha import LeaseDriver, VIPKeeper
 from .health_monitor import HealthMonitor, apply_health
 from .reconcile import InSync, Kernel, ReconcileReport, reconcile
 from .state import AgentState, load_state, save_state
@@ -97,6 +98,7 @@ def real_kernel(
     Kubernetes' iptables-wrapper does (real_chains.detect_host_flavour), not from the image's
     `iptables -V`. `proc_sys` is where the host's /proc/sys is mounted (/host/proc/sys when
     /proc/sys/net is a hostPath in a container that is not privileged)."""
+    from ..kernel.real_announce import PacketAnnouncer
     from ..kernel.real_chains import IptablesChains
     from ..kernel.real_ipset import NetlinkIPSets
     from ..kernel.real_ipvs import NetlinkIPVS
@@ -109,6 +111,7 @@ def real_kernel(
         addresses=NetlinkAddresses(netns),
         sysctls=ProcSysctls(netns, root=proc_sys),
         tunnels=NetlinkTunnels(netns),
+        announcer=PacketAnnouncer(netns),
     )
 
 
@@ -303,7 +306,8 @@ def _cluster_main(args: argparse.Namespace) -> int:
     agent = ClusterAgent(
         args.node,
         source,
-        real_kernel(args.netns, args.iptables, args.proc_sys),
+        dataclasses.replace(real_kernel(args.netns, args.iptables, args.proc_sys),
+                            lease_lifetime=ha.lifetime),
         state,
         interval=args.interval,
         dry_run=args.dry_run,
@@ -346,13 +350,17 @@ _MAIN_THREAD = threading.main_thread()
 
 def _lease_driver(args: argparse.Namespace, source: Any,
                   on_change: Callable[[], None]) -> LeaseDriver:
-    """HA in Lease mode: this node's candidacies, over the agent's own API credentials."""
+    """HA in Lease mode: this node's candidacies, over the agent's own API credentials, and
+    a keeper for the VIPs on a netlink socket of its own (it runs on the driver's thread)."""
+    from ..kernel.real_net import NetlinkAddresses
+
     api = lease_api_client(source.api_client)
     election = VIPElection(
         lease_identity(args.node),
         lambda group: KubernetesLeaseClient(api, group.lease_namespace, group.lease_name),
     )
-    return LeaseDriver(election, args.ha_namespace, on_change=on_change)
+    return LeaseDriver(election, args.ha_namespace, on_change=on_change,
+                       keeper=VIPKeeper(NetlinkAddresses(args.netns)))
 
 
 def _wake(agent: ClusterAgent) -> None:

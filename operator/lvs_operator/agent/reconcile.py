@@ -48,6 +48,11 @@ _CHAINS = [(f, "mangle", MARK_CHAIN, "PREROUTING") for f in (4, 6)] + [
 ]
 
 
+class NotHeld(Exception):
+    """A take step found its HA group no longer held: skipped with a warning, not a
+    failure (nothing is wrong with the kernel; the Lease moved on)."""
+
+
 @dataclass(frozen=True)
 class Kernel:
     """The adapters for one node (one network namespace)."""
@@ -59,6 +64,10 @@ class Kernel:
     sysctls: Sysctls
     tunnels: Tunnels
     announcer: Announcer | None = None  # gratuitous ARP / unsolicited NA after an HA VIP add
+    # Lease-mode HA: the valid lifetime (whole seconds) a held group's VIP may be added with
+    # now, None when it may not be (agent/ha.py LeaseDriver.lifetime). The kernel then
+    # deletes the VIP by itself if this agent dies, before a standby can take the Lease.
+    lease_lifetime: Callable[[str], int | None] | None = None
 
 
 class Step(NamedTuple):
@@ -310,11 +319,12 @@ def diff(
 
     # addresses: VIPs on directors, VIPs on lo of DR/TUN real servers
     wanted_addrs = _desired_addresses(plan, kernel, report, held)
-    ha_vips = {v.address for v in plan.director.vips if v.ha is not None}
+    ha_groups = {v.address: v.ha.group for v in plan.director.vips if v.ha is not None}
     for device, addr, plen in sorted(wanted_addrs - live.addresses - live.foreign_addresses):
         where = (device, addr, plen)
-        if addr in ha_vips:  # take: add, then announce it (gratuitous ARP / unsolicited NA)
-            steps.append(Step("address", "take", where, f"{addr}/{plen} dev {device}"))
+        if addr in ha_groups:  # take: add, then announce it (gratuitous ARP / unsolicited NA)
+            steps.append(Step("address", "take", (*where, ha_groups[addr]),
+                              f"{addr}/{plen} dev {device}"))
         else:
             steps.append(Step("address", "add", where, f"{addr}/{plen} dev {device}"))
     for device, addr, plen in sorted(live.addresses - wanted_addrs):
@@ -527,11 +537,17 @@ def _execute(step: Step, kernel: Kernel, state: AgentState) -> None:
             kernel.ipvs.stop_daemon(cast(str, t))
             state.sync_daemons.discard(cast(str, t))
     elif step.layer == "address":
-        device, address, prefix = cast(tuple[str, str, int], t)
+        device, address, prefix = cast(tuple[str, str, int], t)[:3]
         if step.verb == "add":
             kernel.addresses.add(device, address, prefix)
         elif step.verb == "take":
-            kernel.addresses.add(device, address, prefix)
+            lifetime = None
+            if kernel.lease_lifetime is not None:
+                lifetime = kernel.lease_lifetime(cast(tuple[str, str, int, str], t)[3])
+                if lifetime is None:
+                    raise NotHeld(f"the Lease of {address} is no longer held (or was renewed "
+                                  "too long ago to add it safely); the next renewal retries")
+            kernel.addresses.add(device, address, prefix, lifetime)
             if kernel.announcer is not None:
                 kernel.announcer.announce(device, address)
         else:
@@ -620,6 +636,8 @@ def reconcile(
 def _guarded(step: Step, kernel: Kernel, state: AgentState, report: ReconcileReport) -> None:
     try:
         _execute(step, kernel, state)
+    except NotHeld as exc:
+        report.warnings.append(f"{step}: {exc}")
     except NotFound as exc:
         if step.verb in ("delete", "destroy", "remove", "release", "stop"):
             return  # already gone: the goal is reached

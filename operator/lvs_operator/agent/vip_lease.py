@@ -21,12 +21,12 @@ Where the Leases live, and what they are called
   and a suffix drawn once per process, so a restarted agent is a new candidate and waits out
   (or sees released) what its previous life held, rather than trusting an unknown past.
 
-Timing and safety (defaults: lease 3 s, renew deadline 2 s, retry period 1 s)
+Timing and safety (defaults: lease 2 s, renew deadline 1.5 s, retry period 0.5 s)
 - `held()` is judged by the monotonic clock at call time: a holder that has not renewed
   within the renew deadline stops holding at that instant, even if no step ran (API
   unreachable, the loop stalled). A standby takes over only after the lease duration as
   observed by itself, counted from after the read that showed the last renewal; the
-  difference (1 s) is the time the former holder has to remove its VIP. `next_due()`
+  difference (0.5 s) is the time the former holder has to remove its VIP. `next_due()`
   includes each held group's deadline, so the agent wakes to drop the VIP on time.
 - API calls are bounded so that no step overruns a held group's deadline: a client that can
   be bounded (`BoundedLeaseClient`, e.g. `KubernetesLeaseClient`) is told, before every step,
@@ -81,7 +81,7 @@ __all__ = [
 MANAGED_BY = {"app.kubernetes.io/managed-by": "lvs-operator"}
 GROUP_ANNOTATION = f"{API_GROUP}/ha-group"
 SERVICES_ANNOTATION = f"{API_GROUP}/virtual-services"
-REQUEST_TIMEOUT = 1.0  # seconds, whole request (connect + read); the renew deadline is 2 s
+REQUEST_TIMEOUT = 1.0  # seconds, whole request (connect + read); also cut at the renew deadline
 MIN_TIMEOUT = 0.05  # a bounded request still gets this long
 _PROCESS_TOKEN = secrets.token_hex(4)
 
@@ -107,9 +107,9 @@ class HAGroup:
     virtual_services: tuple[str, ...] = ()  # "namespace/name", for the Lease's annotation
     can_hold: bool = True
     why_not: str = ""
-    lease_duration: int = 3
-    renew_deadline: float = 2.0
-    retry_period: float = 1.0
+    lease_duration: int = 2
+    renew_deadline: float = 1.5
+    retry_period: float = 0.5
 
     def __post_init__(self) -> None:
         if not (self.name and self.lease_namespace and self.lease_name):
@@ -175,10 +175,14 @@ class VIPElection:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        before_release: Callable[[str], None] = lambda group: None,
     ) -> None:
         if not identity:
             raise ValueError("the holder identity must not be empty")
         self.identity = identity
+        # Called with a held group's name just before its Lease is released: the VIP must be
+        # gone before a standby may take it (within one retry period of the release).
+        self.before_release = before_release
         self._client_for = client_for
         self._clock, self._wall, self._rand = clock, wall, rand
         self._slots: dict[str, _Slot] = {}
@@ -343,6 +347,7 @@ class VIPElection:
         if elector is None:
             return [Transition(name, TransitionKind.LOST, why)] if was else []
         if elector.is_leader():
+            self.before_release(name)
             self._bound(elector.client)
             released = elector.release()
             detail = (f"{why}: released Lease {elector.client.describe()}" if released else

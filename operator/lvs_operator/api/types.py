@@ -511,18 +511,33 @@ class DirectorSelection:
 
 @dataclass(frozen=True, slots=True)
 class LeaseSettings:
-    duration_seconds: int = field("Lease duration.", default=3, minimum=1, maximum=300)
-    renew_deadline_seconds: int = field(
-        "Holder steps down if it cannot renew within this.", default=2, minimum=1, maximum=300
+    """Lease-mode timings (client-go leader election). The defaults fail over in under 3 s
+    after the holder dies (lease duration plus at most one retry period, minus the time since
+    its last renewal); sub-second periods are in milliseconds since Kubernetes API fields
+    carry no fractions."""
+
+    duration_seconds: int = field("Lease duration.", default=2, minimum=1, maximum=300)
+    renew_deadline_milliseconds: int = field(
+        "Holder steps down (removes the VIP) if it cannot renew within this.",
+        default=1500, minimum=200, maximum=300000,
     )
-    retry_period_seconds: int = field("Standby poll period.", default=1, minimum=1, maximum=60)
+    retry_period_milliseconds: int = field(
+        "Renew period of the holder and poll period of standbys.",
+        default=500, minimum=100, maximum=60000,
+    )
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            cel="self.renewDeadlineSeconds < self.durationSeconds",
-            message="lease.renewDeadlineSeconds must be shorter than durationSeconds",
-            check=lambda s: s.renew_deadline_seconds < s.duration_seconds,
-            field_path=".renewDeadlineSeconds",
+            cel="self.renewDeadlineMilliseconds < self.durationSeconds * 1000",
+            message="lease.renewDeadlineMilliseconds must be shorter than durationSeconds",
+            check=lambda s: s.renew_deadline_milliseconds < s.duration_seconds * 1000,
+            field_path=".renewDeadlineMilliseconds",
+        ),
+        Rule(
+            cel="self.retryPeriodMilliseconds < self.renewDeadlineMilliseconds",
+            message="lease.retryPeriodMilliseconds must be shorter than renewDeadlineMilliseconds",
+            check=lambda s: s.retry_period_milliseconds < s.renew_deadline_milliseconds,
+            field_path=".retryPeriodMilliseconds",
         ),
     )
 

@@ -55,6 +55,9 @@ __all__ = [
 ]
 
 # Kernel flag bit order (IP_VS_SVC_F_SCHED1/2): ipvsadm prints them in this order.
+# spec.ha.lease defaults when the block is absent: durationSeconds, renewDeadlineMilliseconds,
+# retryPeriodMilliseconds (the field defaults of api.types.LeaseSettings).
+LEASE_DEFAULTS = (2, 1500, 500)
 _FLAG_ORDER = {"sh-fallback": 1, "sh-port": 2, "mh-fallback": 1, "mh-port": 2}
 _PROTO = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 
@@ -608,9 +611,11 @@ def _ha_plan(vs: VirtualService, vip: str) -> HighAvailabilityPlan | None:
     return HighAvailabilityPlan(
         mode=ha.mode.value,
         group=ha_lease_name(vip),
-        lease_duration=lease.duration_seconds if lease is not None else 3,
-        renew_deadline=lease.renew_deadline_seconds if lease is not None else 2,
-        retry_period=lease.retry_period_seconds if lease is not None else 1,
+        lease_duration=lease.duration_seconds if lease is not None else LEASE_DEFAULTS[0],
+        renew_deadline=(lease.renew_deadline_milliseconds if lease is not None
+                        else LEASE_DEFAULTS[1]) / 1000,
+        retry_period=(lease.retry_period_milliseconds if lease is not None
+                      else LEASE_DEFAULTS[2]) / 1000,
         sync=enabled,
         sync_id=sync_id,
         sync_interface=sync_if,

@@ -129,9 +129,9 @@ class HighAvailabilityPlan(NamedTuple):
 
     mode: str  # "Lease" | "VRRP"
     group: str
-    lease_duration: int = 3
-    renew_deadline: int = 2
-    retry_period: int = 1
+    lease_duration: int = 2  # seconds
+    renew_deadline: float = 1.5  # seconds
+    retry_period: float = 0.5  # seconds
     virtual_router_id: int = 0
     priority: int = 100
     advert_interval: int = 1

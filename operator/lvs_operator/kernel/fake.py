@@ -480,6 +480,7 @@ class FakeAddresses:
         self._devices = None if devices is None else set(devices)  # None: any device exists
         self._clock = clock
         self._lifetimes: dict[tuple[str, str, int], tuple[float, int]] = {}  # key: (set at, s)
+        self.links_down: set[str] = set()  # devices down or without a carrier
 
     def list(self) -> list[AddressEntry]:
         self._expire()
@@ -527,6 +528,14 @@ class FakeAddresses:
             device, address, prefix_length, False
         )
         self._lifetimes.pop((device, address, prefix_length), None)
+
+    def link_up(self, device: str) -> bool:
+        self._check_device(device)
+        return device not in self.links_down
+
+    def set_link(self, device: str, up: bool) -> None:
+        """What `ip link set DEV down` (or a cut cable) does to link_up()."""
+        (self.links_down.discard if up else self.links_down.add)(device)
 
     def route_device(self, address: str) -> str | None:
         """Like `ip route get fibmatch` for a local address: the device holding it."""

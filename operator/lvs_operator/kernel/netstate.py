@@ -112,6 +112,12 @@ class Addresses(Protocol):
         ...
 
     def delete(self, device: str, address: str, prefix_length: int) -> None: ...
+    def link_up(self, device: str) -> bool:
+        """True while `device` is up with a carrier (IFF_UP and IFF_LOWER_UP, LOWER_UP in
+        `ip link`): a director whose VIP device lost its link cannot serve that VIP and must
+        let a standby hold it. NotFound for a missing device."""
+        ...
+
     def route_device(self, address: str) -> str | None:
         """The device of the route this host would use toward `address` (for VIPs whose
         interface is not set), or None."""

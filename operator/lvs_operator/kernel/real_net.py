@@ -51,6 +51,7 @@ __all__ = ["NetlinkAddresses", "NetlinkTunnels", "ProcSysctls"]
 
 
 IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000  # the driver signals a carrier (operstate follows it)
 IFA_F_SECONDARY = 0x01
 IFA_F_NODAD = 0x02  # IPv6: usable at once, no duplicate address detection (a VIP is shared)
 RTN_LOCAL = 2
@@ -362,6 +363,14 @@ class NetlinkAddresses(_Netlink):
             f"{what}: refused, the kernel would also delete the secondary addresses "
             f"{', '.join(victims)} (net.ipv4.conf.{conf}.promote_secondaries is 0)"
         )
+
+    def link_up(self, device: str) -> bool:
+        link = self._link(device)
+        if link is None:
+            where = f" in network namespace {self.netns}" if self.netns else ""
+            raise NotFound(f"device {device} does not exist{where}")
+        flags = int(link["flags"])
+        return bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
 
     def route_device(self, address: str) -> str | None:
         """The device of the route toward `address` (`ip route get`); for a local address the
