@@ -45,7 +45,8 @@ FROM python:3.11.17-slim-bookworm
 # iptables: the agent's owned mangle/nat chains go through iptables-restore. Debian's package
 # ships both iptables-nft and iptables-legacy; the agent uses the host's flavour, detected at
 # run time. ipvsadm and ipset: to look at a node's kernel through an agent pod
-# (`kubectl exec ds/lvs-operator-agent -- ipvsadm -Ln`). Versions: Debian 12 (bookworm), as
+# (`kubectl exec ds/lvs-operator-agent -- ipvsadm -Ln`). keepalived: spec.ha.mode VRRP (the
+# agent generates its configuration and runs it in VRRP-only mode). Versions: Debian 12 (bookworm), as
 # `apt-cache policy` showed them on a bookworm host with current bookworm, bookworm-updates
 # and bookworm-security lists (amd64, 2026-11). If apt reports one as not found, Debian has
 # published an update: take the new version from `apt-cache policy` in this base image.
@@ -54,6 +55,7 @@ RUN apt-get update \
       ipvsadm=1:1.31-1+b1 \
       ipset=7.17-1 \
       iptables=1.8.9-2 \
+      keepalived=1:2.2.7-1+b2 \
  && rm -rf /var/lib/apt/lists/*
 
 COPY --from=build /opt/lvs-operator /opt/lvs-operator

@@ -27,7 +27,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # A full version tag of the official python image on Debian: 3.11.17-slim-bookworm.
 PYTHON_TAG = re.compile(r"^(?P<version>\d+\.\d+\.\d+)-slim-(?P<suite>bookworm|trixie)$")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-KERNEL_TOOLS = ("ipvsadm", "ipset", "iptables")
+KERNEL_TOOLS = ("ipvsadm", "ipset", "iptables", "keepalived")  # keepalived: HA mode VRRP
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from .state import AgentState, DrainKey
 
 if TYPE_CHECKING:  # agent/ha.py imports this module (through vip_lease)
     from .ha import LeaseDriver
+    from .vrrp import VRRPDriver
 
 __all__ = [
     "Backoff",
@@ -568,6 +569,7 @@ class ClusterAgent:
         metrics: AgentMetrics | None = None,
         health: HealthMonitor | None = None,
         ha: LeaseDriver | None = None,
+        vrrp: VRRPDriver | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -620,6 +622,7 @@ class ClusterAgent:
         self._blocking = False
         self._health = health
         self._ha = ha
+        self.vrrp = vrrp
         self._woken = False  # a health verdict changed: run a pass at once
 
     # ---- control
@@ -894,6 +897,10 @@ class ClusterAgent:
             self._woken = False  # this pass reads verdicts and held Leases as they are now
             if self._health is not None:
                 effective, dead = apply_health(plan, self._health.overlay())
+            # keepalived first: a VIP moving from VRRP to Lease mode is released before the
+            # reconciler may add it
+            vrrp_failures = (self.vrrp.apply(effective)
+                             if self.vrrp is not None and not self.dry_run else [])
             report = reconcile(
                 effective,
                 self._caching.view,
@@ -904,6 +911,7 @@ class ClusterAgent:
                 dead=dead,
                 held=self._ha.held() if self._ha is not None else frozenset(),
             )
+            report.failures.extend(vrrp_failures)
         finally:
             self._alive_at, self._in_pass = self._clock(), False
         self.metrics.observe_pass(full=full, seconds=time.monotonic() - began,

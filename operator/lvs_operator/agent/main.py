@@ -52,6 +52,7 @@ from .health_monitor import HealthMonitor, apply_health
 from .reconcile import InSync, Kernel, ReconcileReport, reconcile
 from .state import AgentState, load_state, save_state
 from .vip_lease import KubernetesLeaseClient, VIPElection, lease_api_client, lease_identity
+from .vrrp import KeepalivedSupervisor, VRRPDriver
 
 __all__ = ["load_plan", "main", "real_kernel"]
 
@@ -316,6 +317,7 @@ def _cluster_main(args: argparse.Namespace) -> int:
         metrics=metrics,
         health=health,
         ha=ha,
+        vrrp=_vrrp_driver(args, source),
     )
 
     def stop(_sig: int, _frame: FrameType | None) -> None:
@@ -340,6 +342,8 @@ def _cluster_main(args: argparse.Namespace) -> int:
     finally:
         health.stop()
         ha.stop()  # release held Leases: a standby takes over within one retry period
+        if agent.vrrp is not None:
+            agent.vrrp.stop()  # keepalived releases its VIPs (priority 0 advert)
         if server is not None:
             server.stop()
     return EXIT_OK
@@ -357,10 +361,49 @@ def _lease_driver(args: argparse.Namespace, source: Any,
     api = lease_api_client(source.api_client)
     election = VIPElection(
         lease_identity(args.node),
-        lambda group: KubernetesLeaseClient(api, group.lease_namespace, group.lease_name),
+        # a request may take up to the renew deadline (cut at the deadline while holding), as
+        # client-go bounds its renew loop; a slower one could not have renewed in time anyway
+        lambda group: KubernetesLeaseClient(api, group.lease_namespace, group.lease_name,
+                                            timeout=group.renew_deadline),
     )
     return LeaseDriver(election, args.ha_namespace, on_change=on_change,
                        keeper=VIPKeeper(NetlinkAddresses(args.netns)))
+
+
+def _vrrp_driver(args: argparse.Namespace, source: Any) -> VRRPDriver:
+    """HA in VRRP mode: one keepalived for this node's netns, its files under the state
+    directory (adopted again by a restarted agent), the auth password from a Secret."""
+    from ..kernel.real_net import NetlinkAddresses
+
+    run_dir = args.state_dir / "keepalived" / args.node
+    return VRRPDriver(KeepalivedSupervisor(run_dir, netns=args.netns), router_id=args.node,
+                      addresses=NetlinkAddresses(args.netns),
+                      password_for=_secret_password(source.api_client))
+
+
+def _secret_password(api_client: Any) -> Callable[[str], str | None]:
+    """spec.ha.vrrp.authSecretRef ("namespace/name") -> its key `password`; None when the
+    Secret or the key does not exist; ValueError (a pass failure) when it cannot be read."""
+    import base64
+
+    from kubernetes import client
+
+    def read(ref: str) -> str | None:
+        namespace, name = ref.split("/", 1)
+        try:
+            secret = client.CoreV1Api(api_client).read_namespaced_secret(
+                name, namespace, _request_timeout=5)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise ValueError(
+                f"cannot read Secret {ref} (spec.ha.vrrp.authSecretRef): {exc.status} "
+                f"{exc.reason}; grant the agent's ServiceAccount `get` on it with a Role in "
+                f"namespace {namespace}") from None
+        data = (secret.data or {}).get("password")
+        return base64.b64decode(data).decode() if data else None
+
+    return read
 
 
 def _wake(agent: ClusterAgent) -> None:

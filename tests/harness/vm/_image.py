@@ -33,6 +33,7 @@ HOST_PACKAGES = (
     "ipset",
     "iptables",
     "iproute2",
+    "keepalived",  # VRRP mode: the agent runs the host's keepalived (tests/vm/test_vrrp.py)
 )
 
 # Loaded into the initramfs: what it takes to mount the host's / over virtio 9p.
