@@ -243,3 +243,27 @@ def test_tunnel_without_its_module_is_kernel_unavailable(netns: str,
             tunnels.ensure(device)
         tunnels.release(device)  # nothing there: fine, and loads nothing
         assert tunnels.list_up() == []
+
+
+def test_an_adapter_used_from_another_thread_still_acts_in_its_namespace(
+        netns: str, netns_device: str) -> None:
+    """pyroute2 keeps sockets per thread: the HA driver's thread must not reach the agent's
+    own namespace through an adapter opened for the director's."""
+    import threading
+
+    seen: list[object] = []
+    with NetlinkAddresses(netns) as addresses:
+        def other_thread() -> None:
+            try:
+                addresses.add(netns_device, "203.0.113.30", 32, lifetime=30)
+                seen.append(addresses.link_up(netns_device))
+                seen.append({a.address for a in addresses.list()})
+            except Exception as exc:  # reported below, in the test's thread
+                seen.append(exc)
+
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join(timeout=30)
+        assert len(seen) == 2 and seen[0] is True, seen
+        assert "203.0.113.30" in seen[1]  # type: ignore[operator]
+        assert "203.0.113.30" in {a.address for a in addresses.list()}  # same namespace

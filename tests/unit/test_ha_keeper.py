@@ -179,3 +179,29 @@ def test_cached_addresses_with_a_lifetime_are_always_read_again() -> None:
     assert VIP not in {a.address for a in kernel.view.addresses.list()}
     addresses.add("eth0", "192.0.2.20", 32)
     assert kernel.view.addresses.list() == kernel.view.addresses.list()
+
+
+def test_a_holder_cut_off_from_the_api_keeps_its_vip_to_the_bound_then_drops_it() -> None:
+    """Renewals failing: the VIP's lifetime is extended once more a second before the bound,
+    so it stays until about the renew deadline (not one second after the last renewal), and
+    is gone before the standby may take the Lease."""
+    clock, server, directors = lab()
+    run(clock, directors, 2.0)
+    holder, standby = active(directors)
+    server.down.add(holder.name)
+    [until] = holder.driver._until.values()
+    renewed = until - 1.5  # the start of the last renewal that succeeded
+    gone = None
+    for _ in range(100):
+        clock.advance(0.05)
+        for d in directors.values():
+            d.tick()
+        if gone is None and not holder.holds():
+            gone = clock.t
+        assert not (holder.holds() and standby.holds())
+        if standby.holds():
+            break
+    assert gone is not None and standby.holds()
+    # without the late extension it would go 1 s after the refresh that followed `renewed`
+    assert gone - renewed >= 1.5 - 0.2, "the VIP went long before the renew deadline"
+    assert gone - renewed <= 1.5 + 0.1

@@ -160,7 +160,7 @@ class LeaseDriver:
         self._keeper = keeper
         self._plan: NodePlan | None = None
         self._missing_woke: dict[str, float] = {}  # group -> clock() of the last such wake-up
-        self._extended: dict[str, float] = {}  # group -> the renew deadline last extended to
+        self._expires: dict[str, float] = {}  # group -> clock() its VIP's lifetime ends at
         if keeper is not None:
             election.before_release = keeper.drop
         self._lock = threading.Lock()  # guards the election (stepped here, updated by the loop)
@@ -187,15 +187,12 @@ class LeaseDriver:
         """The valid lifetime (whole seconds) `group`'s VIP may be added or extended with now:
         it ends at least LIFETIME_MARGIN before any standby may take the Lease (the lease
         duration after the start of the last renewal), None when not even one second fits."""
+        bound = self._bound(group)
         until = self._until.get(group)
-        spec = self._election.groups().get(group)
-        if until is None or spec is None:
-            return None
         now = self._clock()
-        if now >= until:
+        if bound is None or until is None or now >= until:
             return None
-        seconds = math.floor(
-            until + (spec.lease_duration - spec.renew_deadline) - LIFETIME_MARGIN - now)
+        seconds = math.floor(bound - now)
         return seconds if seconds >= 1 else None
 
     def step(self) -> float:
@@ -208,7 +205,7 @@ class LeaseDriver:
             transitions = self._election.step()
             self._report(transitions)
             self._extend_held()
-            due = self._election.next_due()
+            due = min(self._election.next_due(), self._next_extension())
         return min(1.0, max(0.02, due - self._clock()))
 
     def start(self) -> None:
@@ -240,26 +237,50 @@ class LeaseDriver:
             return lease_groups(plan, self.namespace)
         return lease_groups(plan, self.namespace, self._keeper.why_not)
 
+    def _bound(self, group: str) -> float | None:
+        """The latest clock() time `group`'s VIP may live to: LIFETIME_MARGIN before a
+        standby may take the Lease, counted from the start of the last renewal."""
+        until = self._until.get(group)
+        spec = self._election.groups().get(group)
+        if until is None or spec is None:
+            return None
+        return until + (spec.lease_duration - spec.renew_deadline) - LIFETIME_MARGIN
+
     def _extend_held(self) -> None:
-        """After a renewal: push the held VIPs' lifetimes out; wake the loop (at most every
-        2 s per group) when one is missing, e.g. it ran out during a slow renewal."""
+        """Push the held VIPs' lifetimes out whenever that gains time (after a renewal, and
+        once more a second before the bound, as whole seconds allow); wake the loop (at most
+        every 2 s per group) when one is missing, e.g. it ran out during a slow renewal."""
         if self._keeper is None:
             return
         now = self._clock()
         held = self.held()
+        self._expires = {g: t for g, t in self._expires.items() if g in held}
         for group in sorted(held):
-            until = self._until[group]
-            if self._extended.get(group) == until:
-                continue  # not renewed since the last extension
             lifetime = self.lifetime(group)
-            if lifetime is None:
+            if lifetime is None or now + lifetime <= self._expires.get(group, -math.inf) + 0.2:
                 continue
-            self._extended[group] = until
+            self._expires[group] = now + lifetime
             if self._keeper.refresh(group, lifetime):
                 continue
             if now - self._missing_woke.get(group, -math.inf) >= 2.0:
                 self._missing_woke[group] = now
                 self._on_change()
+
+    def _next_extension(self) -> float:
+        """clock() time of the next step that can extend a held VIP (math.inf if none): a
+        renewal that keeps failing still keeps the VIP up to the bound, not one second."""
+        due = math.inf
+        if self._keeper is None:
+            return due
+        now = self._clock()
+        for group in self.held():
+            bound = self._bound(group)
+            if bound is None:
+                continue
+            at = bound - 1.0 - 0.02  # the last moment a 1 s lifetime still fits
+            if at > now and self._expires.get(group, -math.inf) < bound - 0.3:
+                due = min(due, at)
+        return due
 
     def _report(self, transitions: list[Transition]) -> None:
         until: dict[str, float] = {}

@@ -12,10 +12,12 @@ What the kernel says is translated into `errors.py` at this boundary.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -110,10 +112,18 @@ def _check_prefix(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, prefix_leng
 
 
 class _Netlink:
-    """An rtnetlink socket in one namespace, with the device name <-> index lookups."""
+    """An rtnetlink socket in one namespace, with the device name <-> index lookups.
+
+    One socket per calling thread: pyroute2 (0.9) keeps an IPRoute's socket thread-local and
+    opens a new one, in the calling thread's namespace, when another thread uses it. An
+    adapter used from the HA driver's or the health server's thread would otherwise act on
+    the agent's own namespace instead of the director's."""
 
     def __init__(self, netns: str | None) -> None:
         self.netns = netns
+        self._local = threading.local()
+        self._opened: list[Any] = []
+        self._opened_lock = threading.Lock()
         self._ipr = _open_iproute(netns)
         # index -> name, as of `_names_at`: a director holds a thousand VIPs on one device,
         # and a link dump per address added or routed cost more than the work itself
@@ -121,9 +131,27 @@ class _Netlink:
         self._names_cache: dict[int, str] = {}
         self._names_at = -1.0
 
+    @property
+    def _ipr(self) -> Any:
+        ipr = getattr(self._local, "ipr", None)
+        if ipr is None:
+            self._ipr = ipr = _open_iproute(self.netns)
+        return ipr
+
+    @_ipr.setter
+    def _ipr(self, ipr: Any) -> None:
+        self._local.ipr = ipr
+        with self._opened_lock:
+            self._opened.append(ipr)
+
     def close(self) -> None:
-        """Release the socket (and pyroute2's event loop behind it)."""
-        self._ipr.close()
+        """Release the sockets (and pyroute2's event loops behind them)."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for ipr in opened:
+            # a wrapper (tests) closes what it wraps again; a dead thread's socket may object
+            with contextlib.suppress(Exception):
+                ipr.close()
 
     def __enter__(self) -> Self:
         return self
