@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export LVS_CACHE ?= $(HOME)/.cache/lvs-operator
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv lint unit test demo plan bench-compile bench-kernel bench-e2e crds clean image kind-e2e
+.PHONY: venv lint unit test demo plan bench-compile bench-kernel bench-e2e bench-ha crds clean image kind-e2e
 
 $(STAMP): pyproject.toml
 	@echo ">> creating the Python environment in $(VENV) (pip cache makes repeat runs fast)"
@@ -52,6 +52,11 @@ bench-kernel: $(STAMP)
 # agent and real IPVS in the guest), beside ipvsadm-restore of the same table.
 bench-e2e: $(STAMP)
 	$(PY) bench/e2e_bench.py
+
+# Director failover (Lease vs keepalived VRRP, agent killed / link cut) and dead-backend
+# detection (our health checks vs keepalived's TCP_CHECK), median and max over runs.
+bench-ha: $(STAMP)
+	$(PY) bench/ha_bench.py $(BENCH_ARGS)
 
 # Regenerate crds/ (and the chart's copy) from the typed model (operator/lvs_operator/api/types.py)
 # and the chart's RBAC rules from operator/lvs_operator/api/rbac.py.

@@ -7,6 +7,11 @@ Runs inside the qemu guest (real IPVS); the host side drives it through GuestVM:
     get --prefix P ADDR PORT N   N HTTP requests from the client namespace; JSON of who answered
     hold --prefix P ADDR PORT S  one TCP connection through the VIP, a line every 0.5 s for at
                                  most S seconds or until SIGTERM; prints a summary line
+    ha-up --prefix P             the two-director DR site of the HA tests (see ha_up)
+    arpwatch --prefix P ADDR S   who-has ADDR from the client every 0.2 s for at most S seconds
+                                 or until SIGTERM; JSON of who answered, split brain counted
+    probe --prefix P ADDR PORT S a new connection to the line echo every 0.2 s (bounded like
+                                 arpwatch); JSON of the outages seen
     kernel NS                    the owned kernel state of namespace NS, as JSON
 
 Site (LVS-NAT, as in the LVS HOWTO):
@@ -140,9 +145,9 @@ def demo_site() -> int:
 
 
 def _client_socket(prefix: str, addr: str, port: int, timeout: float) -> socket.socket:
-    from tests.vm.netlab import Netns
+    from lvs_operator.kernel.netns import entered  # light: tests.vm.netlab imports pytest
 
-    with Netns(f"{prefix}-client" if prefix else "client").entered():
+    with entered(f"{prefix}-client" if prefix else "client"):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     sock.connect((addr, port))
@@ -173,7 +178,7 @@ def get(prefix: str, addr: str, port: int, count: int, *, verbose: bool = False)
     return 0
 
 
-def hold(prefix: str, addr: str, port: int, seconds: float) -> int:
+def hold(prefix: str, addr: str, port: int, seconds: float, timeout: float = 5.0) -> int:
     stopping = False
 
     def stop(_sig: int, _frame: Any) -> None:
@@ -183,7 +188,7 @@ def hold(prefix: str, addr: str, port: int, seconds: float) -> int:
     signal.signal(signal.SIGTERM, stop)
     ok = failed = 0
     servers: set[str] = set()
-    sock = _client_socket(prefix, addr, port, 5.0)
+    sock = _client_socket(prefix, addr, port, timeout)
     file = sock.makefile("rwb")
     print("CONNECTED", flush=True)
     deadline = time.monotonic() + seconds
@@ -210,6 +215,126 @@ def hold(prefix: str, addr: str, port: int, seconds: float) -> int:
     return 0 if failed == 0 and ok > 0 and len(servers) == 1 else 1
 
 
+def ha_up(prefix: str) -> int:
+    r"""Two LVS-DR directors on one Ethernet segment (a bridge in P-lan), for director HA:
+
+        P-client .2 --+-- P-a .3 (director, eth0)   +-- P-rs1 .11 (VIP .10 on lo)
+                      +-- P-b .4 (director, eth0)   +-- P-rs2 .12 (VIP .10 on lo)
+
+    in 203.0.113.0/24. The real servers carry the VIP on lo with arp_ignore=1 and
+    arp_announce=2 (set here, not by an agent: the test is about the directors) and answer
+    HTTP on :80 and line echo on :7000 with their name. The directors hold nothing until
+    their agents program them. Cut a director's link with `ip -n P-lan link set p-a down`.
+    """
+    from tests.vm.lvslab import line_echo, who_http
+    from tests.vm.netlab import Netns
+
+    lan = f"{prefix}-lan"
+    hosts = {"client": 2, "a": 3, "b": 4, "rs1": 11, "rs2": 12}
+
+    def wire(stack: ExitStack) -> None:
+        _ip("-n", lan, "link", "add", "br0", "type", "bridge")
+        _ip("-n", lan, "link", "set", "br0", "up")
+        for name, host in hosts.items():
+            ns = f"{prefix}-{name}"
+            _ip("-n", lan, "link", "add", f"p-{name}", "type", "veth", "peer", "name", "eth0",
+                "netns", ns)
+            _ip("-n", lan, "link", "set", f"p-{name}", "master", "br0", "up")
+            _ip("-n", ns, "addr", "add", f"203.0.113.{host}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+        for name in ("rs1", "rs2"):
+            ns = f"{prefix}-{name}"
+            for key, value in (("arp_ignore", "1"), ("arp_announce", "2")):
+                for dev in ("all", "eth0"):
+                    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                                    f"net.ipv4.conf.{dev}.{key}={value}"], check=True,
+                                   timeout=30)
+            _ip("-n", ns, "addr", "add", "203.0.113.10/32", "dev", "lo")
+            stack.enter_context(who_http(Netns(ns), 80, name))
+            stack.enter_context(line_echo(Netns(ns), 7000, name))
+
+    return _run_site([lan, *(f"{prefix}-{n}" for n in hosts)], wire)
+
+
+def _until_sigterm(seconds: float) -> Callable[[], bool]:
+    """A predicate that turns false at SIGTERM or after `seconds` (at most an hour)."""
+    stopping = False
+
+    def stop(_sig: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    deadline = time.monotonic() + min(seconds, 3600)
+    return lambda: not stopping and time.monotonic() < deadline
+
+
+def arpwatch(prefix: str, addr: str, seconds: float) -> int:
+    """Who answers ARP for `addr` on the client's segment, every 0.2 s: the MACs in order of
+    appearance, when each answered, and how many probes got two or more answers."""
+    from tests.vm.arpwatch import arp_responders
+
+    going = _until_sigterm(seconds)
+    t0 = time.monotonic()
+    probes = split = silent = 0
+    spans: list[dict[str, Any]] = []  # runs of probes answered by the same set of MACs
+    print("WATCHING", flush=True)
+    while going():
+        began = time.monotonic()
+        macs = sorted(arp_responders(f"{prefix}-client", "eth0", addr, timeout=0.1))
+        now = round(time.monotonic() - t0, 2)
+        probes += 1
+        split += len(macs) > 1
+        silent += not macs
+        if not spans or spans[-1]["macs"] != macs:
+            spans.append({"macs": macs, "from": now, "to": now})
+        else:
+            spans[-1]["to"] = now
+        time.sleep(max(0.0, 0.2 - (time.monotonic() - began)))  # the guest has one CPU
+    print(json.dumps({"probes": probes, "split": split, "silent": silent, "spans": spans}),
+          flush=True)
+    return 0
+
+
+def probe(prefix: str, addr: str, port: int, seconds: float) -> int:
+    """A new TCP connection to the line echo at `addr`:`port` every 0.2 s (0.5 s timeout),
+    one line exchanged: the outages (first failure to the next success, seconds) and who
+    answered. The whole process sits in the client's namespace (no switch per request: under
+    TCG every bit of Python costs)."""
+    from lvs_operator.kernel.netns import entered
+
+    going = _until_sigterm(seconds)
+    t0 = time.monotonic()
+    ok = failed = 0
+    outages: list[list[float]] = []
+    failing_since: float | None = None
+    servers: set[str] = set()
+    with entered(f"{prefix}-client"):
+        print("PROBING", flush=True)
+        while going():
+            started = time.monotonic()
+            try:
+                with socket.create_connection((addr, port), timeout=0.5) as sock:
+                    sock.sendall(b"probe\n")
+                    line = sock.makefile("rb").readline().decode().strip()
+                if not line.endswith(" probe"):
+                    raise OSError(f"unexpected answer {line!r}")
+                servers.add(line.split()[0])
+                ok += 1
+                if failing_since is not None:
+                    outages.append([round(failing_since - t0, 2), round(started - t0, 2)])
+                    failing_since = None
+            except OSError:
+                failed += 1
+                if failing_since is None:
+                    failing_since = started
+            time.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
+    print(json.dumps({"ok": ok, "failed": failed, "outages": outages,
+                      "failing_at_end": failing_since is not None,
+                      "servers": sorted(servers)}), flush=True)
+    return 0
+
+
 def kernel(ns: str) -> int:
     def run(*argv: str) -> str:
         done = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
@@ -233,13 +358,20 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--prefix", required=True)
     a.add_argument("--backends", type=int, default=3)
     sub.add_parser("demo")
-    for name in ("get", "hold"):
+    for name in ("get", "hold", "probe"):
         s = sub.add_parser(name)
         s.add_argument("--prefix", default="", help="the site's prefix (none: the demo site)")
         s.add_argument("--verbose", action="store_true")
+        s.add_argument("--timeout", type=float, default=5.0, help="hold: seconds per exchange")
         s.add_argument("addr")
         s.add_argument("port", type=int)
         s.add_argument("n", type=float)
+    h = sub.add_parser("ha-up")
+    h.add_argument("--prefix", required=True)
+    w = sub.add_parser("arpwatch")
+    w.add_argument("--prefix", required=True)
+    w.add_argument("addr")
+    w.add_argument("seconds", type=float)
     k = sub.add_parser("kernel")
     k.add_argument("ns")
     args = p.parse_args(argv)
@@ -250,7 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "get":
         return get(args.prefix, args.addr, args.port, int(args.n), verbose=args.verbose)
     if args.cmd == "hold":
-        return hold(args.prefix, args.addr, args.port, args.n)
+        return hold(args.prefix, args.addr, args.port, args.n, args.timeout)
+    if args.cmd == "probe":
+        return probe(args.prefix, args.addr, args.port, args.n)
+    if args.cmd == "ha-up":
+        return ha_up(args.prefix)
+    if args.cmd == "arpwatch":
+        return arpwatch(args.prefix, args.addr, args.seconds)
     return kernel(args.ns)
 
 

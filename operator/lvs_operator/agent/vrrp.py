@@ -771,9 +771,11 @@ class VRRPDriver:
     def apply(self, plan: NodePlan) -> list[str]:
         """Failures of this pass (an empty list when keepalived runs what the plan says)."""
         try:
-            config = keepalived_config(
-                plan, router_id=self._router_id, device_for=self._device,
-                password_for=self._password_for, own_addresses=self._own())
+            config = None
+            if any(v.ha is not None and v.ha.mode == "VRRP" for v in plan.director.vips):
+                config = keepalived_config(
+                    plan, router_id=self._router_id, device_for=self._device,
+                    password_for=self._password_for, own_addresses=self._own())
             events = self._supervisor.apply(config)
         except (ValueError, KeepalivedError, KernelError) as exc:
             return [f"VRRP: {exc}"]
