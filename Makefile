@@ -53,9 +53,12 @@ bench-kernel: $(STAMP)
 bench-e2e: $(STAMP)
 	$(PY) bench/e2e_bench.py
 
-# Director failover (Lease vs keepalived VRRP, agent killed / link cut) and dead-backend
-# detection (our health checks vs keepalived's TCP_CHECK), median and max over runs.
+# Director failover: Lease mode with the default timings on this host (the agent's HA code
+# and a real API server, no IPVS), then the whole system in the guest (Lease vs keepalived
+# VRRP, agent killed / link cut) and dead-backend detection (our health checks vs
+# keepalived's TCP_CHECK); median and max over runs.
 bench-ha: $(STAMP)
+	$(PY) bench/ha_lease_host.py
 	$(PY) bench/ha_bench.py $(BENCH_ARGS)
 
 # Regenerate crds/ (and the chart's copy) from the typed model (operator/lvs_operator/api/types.py)
