@@ -110,6 +110,13 @@ def scenarios(site: Site, runs: int, lease: dict[str, int],
     def stop(node: str) -> None:
         site.kill_agent(node, signal.SIGTERM)
 
+    def restart(node: str) -> None:
+        """A new agent, ready before the next run: under TCG its start and first full pass
+        take tens of seconds, and an agent not up yet cannot take over."""
+        site.start_agent(node)
+        site.guest.wait_for_log(site.agents[node], "applying generation", timeout=240)
+        time.sleep(15)
+
     def mode(ha: dict[str, Any]) -> None:
         site.kubectl("apply", "-f", "-", input=yaml.safe_dump(virtual_service(ha)))
         time.sleep(5)
@@ -117,10 +124,10 @@ def scenarios(site: Site, runs: int, lease: dict[str, int],
     plan: list[tuple[str, dict[str, Any], Callable[[str], None], Callable[[str], None]]] = [
         ("lease/agent-killed", {"mode": "Lease", "lease": lease,
                                 "connectionSync": {"enabled": True, "syncID": 9}},
-         kill, site.start_agent),
+         kill, restart),
         ("lease/link-cut", {}, _cut(site), lambda n: _restore_link(site, n)),
         ("vrrp/link-cut", VRRP, _cut(site), lambda n: _restore_link(site, n)),
-        ("vrrp/agent-stopped", {}, stop, site.start_agent),
+        ("vrrp/agent-stopped", {}, stop, restart),
     ]
     for name, ha, take_away, put_back in plan:
         if ha:

@@ -83,7 +83,9 @@ def guest(request: pytest.FixtureRequest, control_plane: LocalControlPlane) -> I
     the VM cannot be prepared here (no qemu, no kernel); LVS_CLUSTER_REQUIRED=1 fails instead.
     """
     forwards = [(APISERVER_GUEST_PORT, control_plane.port)]
-    vm = GuestVM(forwards=forwards, log=_live_logger(request, "guest"))
+    # its whole life is the tier's (~20 min warm with the HA failover module; qemu is killed
+    # after `timeout`)
+    vm = GuestVM(forwards=forwards, log=_live_logger(request, "guest"), timeout=3600)
     try:
         vm.start()
     except VmSetupError as exc:

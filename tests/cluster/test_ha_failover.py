@@ -69,6 +69,7 @@ def site(control_plane: LocalControlPlane, guest: GuestVM,
         for node, text in s.logs.items():
             print(f"--- agent {node} (tail):\n{text[-2500:]}")
         cp.kubectl("delete", "namespace", NS, "--wait=false")
+        cp.kubectl("delete", "node", *NODES, "--wait=false")
         guest.kill(lab)
 
 

@@ -262,3 +262,31 @@ def test_the_check_is_plan_only_data_never_a_kernel_difference():
     [svc] = checked_plan().director.services
     assert svc.health is not None
     assert service_attributes(svc) == service_attributes(svc._replace(health=None))
+
+
+def test_verdicts_are_exported_as_lvs_health_series():
+    from lvs_operator.agent.main import _watch_health
+    from lvs_operator.observability import AgentMetrics
+
+    clock, plan = Clock(), checked_plan()
+    m = monitor(clock)
+    m.update(plan)
+    feed(m, plan, A, False)
+    metrics = AgentMetrics(version="1")
+    _watch_health(metrics, m)
+    svc = {"protocol": KEY.protocol, "address": KEY.address, "port": str(KEY.port)}
+
+    def value(series: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(series, labels)
+
+    [owner] = {s.owner for s in plan.director.services}
+    namespace, name = owner.split("/")
+    svc = {"namespace": namespace, "name": name, **svc}
+    down = {**svc, "backend_address": A[0], "backend_port": str(A[1])}
+    up = {**svc, "backend_address": B[0], "backend_port": str(B[1])}
+    assert value("lvs_health_backend_up", **down) == 0.0
+    assert value("lvs_health_backend_up", **up) == 1.0
+    assert value("lvs_health_backend_consecutive_failures", **up) == 0.0
+    assert (value("lvs_health_backend_consecutive_failures", **down) or 0) >= 1
+    assert value("lvs_health_quorum_up", **svc) == 1.0
+    assert value("lvs_health_sorry_server_active", **svc) == 0.0

@@ -70,6 +70,9 @@ def agent_registry() -> CollectorRegistry:
     kernel.ipvs.add_traffic(KEY, ("198.51.100.11", 80), conns=1)
     metrics.watch_ipvs(kernel.ipvs.dump, lambda: plan,
                        owns=lambda k: k in state.owned_services)
+    service = ("default", "web", "tcp", "192.0.2.10", "80")
+    metrics.watch_health(lambda: [((*service, "198.51.100.11", "80"), False, 4)],
+                         lambda: [(service, True, False)])
     return metrics.registry
 
 

@@ -159,6 +159,22 @@ def _metrics_table(netns: str | None) -> Any:
     return NetlinkIPVS(netns)
 
 
+def _watch_health(metrics: AgentMetrics, health: HealthMonitor) -> None:
+    """lvs_health_* on /metrics: the monitor's verdicts at scrape time."""
+    from ..observability.ipvs_metrics import key_labels
+
+    def servers() -> list[tuple[tuple[str, ...], bool, int]]:
+        return [((*key_labels(r.owner, r.service), r.address, str(r.port)), r.up,
+                 r.consecutive_failures) for r in health.report()]
+
+    def services() -> list[tuple[tuple[str, ...], bool, bool]]:
+        owners = {r.service: r.owner for r in health.report()}
+        return [(key_labels(owners.get(key, ""), key), ok, sorry)
+                for key, (ok, sorry) in health.quorum().items()]
+
+    metrics.watch_health(servers, services)
+
+
 def _start_health(address: tuple[str, int], healthz: Check, readyz: Check,
                   metrics: AgentMetrics) -> HealthServer | None:
     server = HealthServer(address, healthz=healthz, readyz=readyz, registry=metrics.registry)
@@ -325,6 +341,7 @@ def _cluster_main(args: argparse.Namespace) -> int:
 
     server = None
     if args.health_address is not None:
+        _watch_health(metrics, health)
         metrics.watch_ipvs(_metrics_table(args.netns).dump, lambda: agent.plan,
                            owns=lambda key: key in state.owned_services,
                            backends=args.metrics_backends)
@@ -455,8 +472,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = AgentMetrics()
     watch = PassWatch(args.interval)
     metrics_plan = [plan]  # what /metrics reports on (read from the health server's threads)
+    verdicts = threading.Event()  # a health check changed its verdict: pass now
+    health = HealthMonitor(netns=args.netns, on_change=verdicts.set)
     server = None
     if args.health_address is not None:
+        _watch_health(metrics, health)
         metrics.watch_ipvs(_metrics_table(args.netns).dump, lambda: metrics_plan[0],
                            owns=lambda key: key in state.owned_services,
                            backends=args.metrics_backends)
@@ -470,8 +490,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     caching = CachingKernel(kernel)
     in_sync: InSync = {}
     full_read = True
-    verdicts = threading.Event()  # a health check changed its verdict: pass now
-    health = HealthMonitor(netns=args.netns, on_change=verdicts.set)
     health.update(plan)
     health.start()
     while not stopping:

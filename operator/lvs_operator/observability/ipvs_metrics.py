@@ -39,6 +39,7 @@ __all__ = [
     "BACKEND_STATES",
     "SERVICE_LABELS",
     "IPVSCollector",
+    "key_labels",
     "service_labels",
 ]
 
@@ -123,10 +124,14 @@ def service_labels(service: IPVSService) -> tuple[str, str, str, str, str]:
     """(namespace, name, protocol, address, port) of a planned service. The owner is the
     VirtualService's `namespace/name`; a firewall-mark service has protocol `fwmark`,
     address `fwmark:N` (`fwmark:N:ipv6` for IPv6) and port 0."""
-    namespace, sep, name = service.owner.partition("/")
+    return key_labels(service.owner, service.key)
+
+
+def key_labels(owner: str, key: ServiceKey) -> tuple[str, str, str, str, str]:
+    """service_labels() from the owner ("namespace/name") and the service's key."""
+    namespace, sep, name = owner.partition("/")
     if not sep:
-        namespace, name = "", service.owner
-    key: ServiceKey = service.key
+        namespace, name = "", owner
     if key.fwmark:
         address = f"fwmark:{key.fwmark}" + (":ipv6" if key.family == 6 else "")
         return namespace, name, "fwmark", address, "0"

@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from ..compiler.plan import NodePlan, ServiceKey
-from .ipvs_metrics import IPVSCollector, LiveServiceLike
+from .ipvs_metrics import BACKEND_LABELS, SERVICE_LABELS, IPVSCollector, LiveServiceLike
 
 __all__ = [
     "COMPILE_BUCKETS",
@@ -207,6 +207,7 @@ class AgentMetrics:
         self.build_info.labels(version or build_version()).set(1)
 
         self._ipvs: IPVSCollector | None = None
+        self._health: HealthCollector | None = None
 
     def observe_pass(self, *, full: bool, seconds: float, failed: bool,
                      generation: int | None, operations: Iterable[str] = (), errors: int = 0,
@@ -245,6 +246,63 @@ class AgentMetrics:
                                    min_interval=min_interval)
         self.registry.register(self._ipvs)
         return self._ipvs
+
+
+    def watch_health(
+        self,
+        servers: Callable[[], Iterable[tuple[tuple[str, ...], bool, int]]],
+        services: Callable[[], Iterable[tuple[tuple[str, ...], bool, bool]]],
+    ) -> HealthCollector:
+        """Export the health checks' verdicts at scrape time: `servers()` gives (backend
+        labels, up, consecutive failures) per checked real server, `services()` (service
+        labels, quorum ok, sorry server in use) per checked service. Once per registry."""
+        if self._health is not None:
+            raise RuntimeError("the health collector is already registered")
+        self._health = HealthCollector(servers, services)
+        self.registry.register(self._health)
+        return self._health
+
+
+class HealthCollector:
+    """lvs_health_* families, read from the agent's health monitor at scrape time (the
+    verdicts change between passes; a counter per transition would need the monitor's
+    history, the gauges answer "which servers are out now")."""
+
+    def __init__(
+        self,
+        servers: Callable[[], Iterable[tuple[tuple[str, ...], bool, int]]],
+        services: Callable[[], Iterable[tuple[tuple[str, ...], bool, bool]]],
+    ) -> None:
+        self._servers, self._services = servers, services
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "lvs_health_backend_up",
+            "1 while the health check of this real server passes (it is in rotation), 0 "
+            "once it failed retries + 1 times (deleted, or weight 0 with onFailure: Inhibit).",
+            labels=list(BACKEND_LABELS))
+        failures = GaugeMetricFamily(
+            "lvs_health_backend_consecutive_failures",
+            "Failed probes of this real server in a row (0 after a success).",
+            labels=list(BACKEND_LABELS))
+        quorum = GaugeMetricFamily(
+            "lvs_health_quorum_up",
+            "1 while the live weight of this service's checked servers meets its quorum, 0 "
+            "while it does not.", labels=list(SERVICE_LABELS))
+        sorry = GaugeMetricFamily(
+            "lvs_health_sorry_server_active",
+            "1 while this service's sorry server replaces its pool (quorum lost).",
+            labels=list(SERVICE_LABELS))
+        for labels, ok, failed in self._servers():
+            up.add_metric(list(labels), 1.0 if ok else 0.0)
+            failures.add_metric(list(labels), float(failed))
+        for labels, quorum_ok, sorry_active in self._services():
+            quorum.add_metric(list(labels), 1.0 if quorum_ok else 0.0)
+            sorry.add_metric(list(labels), 1.0 if sorry_active else 0.0)
+        yield from (up, failures, quorum, sorry)
 
 
 def _tally(kinds: Iterable[str]) -> dict[str, int]:
