@@ -95,7 +95,9 @@ def _wait(check: Callable[[], bool], seconds: float, what: str, agent: subproces
 
 def _write_plan(path: Path) -> None:
     docs = [vs("web", VIP, namespace="shop", ports=[{"port": PORT, "targetPort": TARGET}],
-               scheduler={"name": "wrr"}, forwarding={"method": "NAT"}),
+               scheduler={"name": "wrr"}, forwarding={"method": "NAT"},
+               # checked RealServers: the lvs_health_* series are served too (both stay up)
+               healthCheck={"type": "TCP", "connectTimeoutSeconds": 1, "intervalSeconds": 5}),
             *[rs(NAMES[ip], ip, app="web", namespace="shop", weight=w)
               for ip, w in WEIGHTS.items()]]
     objects = [parse_manifest(d) for d in [*LAB_NODES, *docs]]
@@ -114,6 +116,9 @@ def test_metrics_follow_real_traffic(make_netns: MakeNetns, tmp_path: Path) -> N
     plan = tmp_path / "plan.json"
     _write_plan(plan)
     port = _free_port()
+    servers = ExitStack()  # listening before the agent starts: its health checks pass
+    for name in NAMES.values():
+        servers.enter_context(who_http(lab[name], TARGET, name))
     agent = subprocess.Popen(
         [*AGENT, "--node", "director", "--plan", str(plan), "--watch", "--interval", "5",
          "--netns", lab["director"].name, "--state-dir", str(tmp_path / "state"),
@@ -127,10 +132,7 @@ def test_metrics_follow_real_traffic(make_netns: MakeNetns, tmp_path: Path) -> N
         before = _scrape(port)
         _check_every_documented_series(before)
 
-        with ExitStack() as servers:
-            for name in NAMES.values():
-                servers.enter_context(who_http(lab[name], TARGET, name))
-            answers = Counter(get(lab["client"], VIP, PORT)[0] for _ in range(REQUESTS))
+        answers = Counter(get(lab["client"], VIP, PORT)[0] for _ in range(REQUESTS))
         assert sum(answers.values()) == REQUESTS
         assert answers == {"rs1": REQUESTS * 3 // 4, "rs2": REQUESTS // 4}  # wrr 3:1
 
@@ -151,6 +153,7 @@ def test_metrics_follow_real_traffic(make_netns: MakeNetns, tmp_path: Path) -> N
             Path(out, "test_metrics.json").write_text(json.dumps(measured, indent=1))
         print("\nmetrics before/after:", json.dumps(measured, indent=1), "\n", ipvsadm)
     finally:
+        servers.close()
         agent.send_signal(signal.SIGTERM)
         try:
             output, _ = agent.communicate(timeout=30)
