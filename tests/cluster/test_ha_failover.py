@@ -7,9 +7,10 @@ Ethernet segment, 203.0.113.0/24:
     client .2 --+-- director ha-a .3 --+-- rs1 .11, rs2 .12 (VIP on lo)
                 +-- director ha-b .4 --+
 
-The VirtualService asks for `ha: {mode: Lease, connectionSync: {enabled: true}}` with the
-default timings (Lease 2 s, renew deadline 1.5 s, retry 0.5 s). In each scenario the client
-side runs three witnesses while the active director is taken away:
+The VirtualService asks for `ha: {mode: Lease, connectionSync: {enabled: true}}` with timings
+an emulated guest sustains (hasite.LEASE; the defaults are measured at hardware speed by
+bench/ha_lease_host.py). In each scenario the client side runs three witnesses while the
+active director is taken away:
 - `arpwatch`: a who-has for the VIP every 0.2 s, straight from a raw socket (the client's
   neighbour table cannot hide a second answer); no probe may get two answers;
 - `hold`: one TCP connection opened before the failover, a line every 0.5 s; it must keep
@@ -36,7 +37,7 @@ from tests.harness.lvs_install import HostOperator, install
 from tests.harness.vm import GuestVM
 from tests.harness.waiting import wait_until
 
-RECOVERY_BOUND = 20.0  # s, client outage under TCG; the target (< 3 s) is bench-ha's to show
+RECOVERY_BOUND = 60.0  # s, under TCG with hasite.LEASE; the target (< 3 s) is bench-ha's to show
 
 
 @pytest.fixture(scope="module")
