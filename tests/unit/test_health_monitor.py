@@ -3,11 +3,21 @@ results into an overlay, and the same reconciler applies it (fake kernel, fake p
 
 from __future__ import annotations
 
-from lvs_operator.agent.health_monitor import HealthMonitor, apply_health
+from lvs_operator.agent.health_monitor import HealthMonitor, ProbeVia, apply_health
 from lvs_operator.agent.probes import ProbeResult
 from lvs_operator.agent.reconcile import reconcile
 from lvs_operator.agent.state import AgentState
-from lvs_operator.compiler.plan import HealthCheckPlan, NodePlan, plan_from_dict, plan_to_dict
+from lvs_operator.compiler.nodeplan import health_path_marks
+from lvs_operator.compiler.plan import (
+    HEALTH_PATH_MARK_COUNT,
+    HEALTH_PATH_MARK_FIRST,
+    HealthCheckPlan,
+    HealthPath,
+    NodePlan,
+    is_health_path,
+    plan_from_dict,
+    plan_to_dict,
+)
 from lvs_operator.kernel.fake_announce import FakeAnnouncer
 
 from .builders import vs
@@ -138,7 +148,9 @@ def test_a_changed_check_starts_over_and_a_removed_one_is_forgotten():
 def test_due_probes_run_in_the_pool_and_report_back():
     clock, plan, seen = Clock(), checked_plan(), []
 
-    def probe(check: HealthCheckPlan, address: str, port: int) -> ProbeResult:
+    def probe(check: HealthCheckPlan, address: str, port: int,
+              via: ProbeVia | None) -> ProbeResult:
+        assert via is None  # NAT: the real server's own address
         seen.append((address, port))
         return ProbeResult(address != A[0], "refused" if address == A[0] else "ok", 0.0)
 
@@ -290,3 +302,81 @@ def test_verdicts_are_exported_as_lvs_health_series():
     assert (value("lvs_health_backend_consecutive_failures", **down) or 0) >= 1
     assert value("lvs_health_quorum_up", **svc) == 1.0
     assert value("lvs_health_sorry_server_active", **svc) == 0.0
+
+
+# ---- DR/TUN: probes take the forwarding path
+
+
+def _paths(plan: NodePlan) -> dict[int, tuple[str, str]]:
+    return {s.key.fwmark: (s.destinations[0].address, s.destinations[0].forward)
+            for s in plan.director.services if is_health_path(s.key)}
+
+
+def test_dr_servers_get_one_health_path_service_each_and_accept_local():
+    plan = plans(*web(A[0], B[0], method="DR", healthCheck=CHECK),
+                 {**web(A[0], method="DR", healthCheck=CHECK)[0],
+                  "metadata": {"name": "web2", "namespace": "default"},
+                  "spec": {**web(A[0], method="DR")[0]["spec"], "address": "192.0.2.20"}})
+    paths = _paths(plan)
+    assert sorted(paths.values()) == [(A[0], "route"), (B[0], "route")]  # A shared by both VIPs
+    assert all(HEALTH_PATH_MARK_FIRST <= m < HEALTH_PATH_MARK_FIRST + HEALTH_PATH_MARK_COUNT
+               for m in paths)
+    for svc in plan.director.services:
+        if is_health_path(svc.key):
+            assert svc.health is None and svc.destinations[0].port == 0
+            assert svc.destinations[0].weight == 1
+    assert ("net.ipv4.conf.all.accept_local", "1") in plan.director.sysctls
+    keys = [s.key for s in plan.director.services]
+    assert keys == sorted(keys, key=lambda k: (k.fwmark, k.address, k.port))  # ipvsadm order
+
+
+def test_no_health_path_without_a_check_for_nat_or_for_fwmark_services():
+    for plan in (plans(*web(A[0], method="DR")), plans(*web(A[0], healthCheck=CHECK)),
+                 plans(vs("web", ports=(), firewallMark={"mark": 7, "ports": [{"port": 80}]},
+                          forwarding={"method": "DR"}, healthCheck=CHECK),
+                       *web(A[0])[1:])):
+        assert _paths(plan) == {}
+        assert ("net.ipv4.conf.all.accept_local", "1") not in plan.director.sysctls
+
+
+def test_a_virtualservice_may_not_use_a_health_path_mark():
+    from lvs_operator.compiler.engine import compile_cluster
+
+    from .builders import cluster
+    result = compile_cluster(cluster(
+        vs("web", ports=(), firewallMark={"mark": HEALTH_PATH_MARK_FIRST + 5,
+                                          "ports": [{"port": 80}]}), *web(A[0])[1:]))
+    [issue] = [i for i in result.all_issues() if i.reason == "MarkReserved"]
+    assert issue.severity == "Error" and issue.field == "spec.firewallMark.mark"
+    assert f"{HEALTH_PATH_MARK_FIRST + 5:#x}" in issue.message
+
+
+def test_health_path_marks_are_stable_as_paths_come_and_go():
+    paths = [HealthPath(4, f"198.51.100.{i}", "route") for i in range(1, 200)]
+    before = health_path_marks(paths)
+    assert len(set(before.values())) == len(paths)
+    after = health_path_marks([*paths[:50], *paths[51:], HealthPath(4, "192.0.2.99", "tunnel",
+                                                                     "ipip")])
+    moved = [p for p in paths if p in after and after[p] != before[p]]
+    assert len(moved) <= 2, moved  # only a collision chain can move a mark
+    full = health_path_marks(HealthPath(4, f"10.{i >> 8}.{i & 255}.1", "route")
+                             for i in range(HEALTH_PATH_MARK_COUNT + 10))
+    assert len(full) == HEALTH_PATH_MARK_COUNT  # the rest are probed at their own address
+
+
+def test_dr_probes_go_to_the_vip_with_the_servers_mark():
+    clock, seen = Clock(), []
+    plan = plans(*web(A[0], B[0], method="DR", healthCheck=CHECK))
+    marks = {addr: m for m, (addr, _) in _paths(plan).items()}
+
+    def probe(check: HealthCheckPlan, address: str, port: int,
+              via: ProbeVia | None) -> ProbeResult:
+        seen.append((address, port, via))
+        return ProbeResult(True, "ok", 0.0)
+
+    m = HealthMonitor(clock=clock, probe=probe, workers=1)
+    m.update(plan)
+    m.tick()
+    m._pool.shutdown(wait=True)
+    assert sorted(seen) == [(A[0], 80, ProbeVia("192.0.2.10", marks[A[0]])),
+                            (B[0], 80, ProbeVia("192.0.2.10", marks[B[0]]))]

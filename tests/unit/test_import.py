@@ -23,6 +23,7 @@ from lvs_operator.cli.importers import (
 from lvs_operator.cli.lvsctl import main as lvsctl
 from lvs_operator.cli.manifests import load_documents
 from lvs_operator.compiler.engine import compile_cluster
+from lvs_operator.compiler.plan import is_health_path
 from lvs_operator.compiler.render import ipvsadm_save
 
 from .test_ipvsadm_parse import services
@@ -42,7 +43,9 @@ def director_lines(objects: list[dict[str, Any]], node: dict[str, Any] = DIRECTO
     assert errors == []
     result = compile_cluster(parsed)
     assert [i for i in result.all_issues() if i.severity == "Error"] == []
-    return ipvsadm_save(result.plans[node["metadata"]["name"]].director.services)
+    # keepalived's own table has no health-path services (its checks probe the RIP)
+    return ipvsadm_save([s for s in result.plans[node["metadata"]["name"]].director.services
+                         if not is_health_path(s.key)])
 
 
 def example_tables() -> dict[str, list[str]]:
@@ -382,6 +385,18 @@ def test_keepalived_syntax_comments_quotes_braces_and_continuations():
         (11, "the block of `virtual_server_group never_used` is never closed"),
         (11, "virtual_server_group never_used is used by no virtual_server"),
     ]
+
+
+def test_health_path_marks_are_not_imported_and_say_why():
+    result = import_ipvsadm("-A -f 8200 -s rr\n-a -f 8200 -r 198.51.100.4:0 -g -w 1\n",
+                            fwmarks={8200: FwmarkTarget("192.0.2.6", (("tcp", 80),))})
+    [problem] = result.problems
+    assert problem.line_no == 1 and "0x2000-0x3fff" in problem.message
+    assert "renumber" in problem.message and "1 real server(s) not imported" in problem.message
+    assert kinds(result.objects, "VirtualService") == []
+    conf = "virtual_server fwmark 8200 {\n    lb_kind DR\n}\n"
+    [problem] = import_keepalived(conf).problems
+    assert problem.line_no == 1 and "reserves for DR/TUN health checks" in problem.message
 
 
 def test_keepalived_groups_fwmarks_and_tunnels():

@@ -38,6 +38,7 @@ from lvs_operator.api.objects import parse_manifests
 from lvs_operator.cli.importers import FwmarkTarget, ImportResult, import_ipvsadm, import_keepalived
 from lvs_operator.compiler.engine import compile_cluster
 from lvs_operator.compiler.ipvsadm_parse import parse_ipvsadm
+from lvs_operator.compiler.plan import is_health_path
 from lvs_operator.compiler.render import ipvsadm_save
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "lvs_corpus"
@@ -139,7 +140,9 @@ def compiled_table(result: ImportResult) -> list[str]:
     assert errors == []
     compiled = compile_cluster(objects)
     assert [i for i in compiled.all_issues() if i.severity == "Error"] == []
-    return ipvsadm_save(compiled.plans["lb"].director.services)
+    # keepalived's own table has no health-path services (its checks probe the RIP)
+    return ipvsadm_save([s for s in compiled.plans["lb"].director.services
+                         if not is_health_path(s.key)])
 
 
 def expected(name: str) -> list[str]:

@@ -1,6 +1,8 @@
 """Health checks for real: `lvs-agent --watch` probes the real servers of a NAT service in
 its namespace and takes a dead one out of the real IPVS table, then puts it back; with a
-quorum, the sorry server takes over while too few are alive.
+quorum, the sorry server takes over while too few are alive. For DR the probe takes the
+forwarding path: a real server that still answers on its own address but no longer accepts
+packets for the VIP is out of rotation too.
 
 Client requests are bounded (count and socket timeouts); addresses are the lab's
 (203.0.113.0/24 client side, 198.51.100.0/24 real servers).
@@ -18,11 +20,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lvs_operator.api.objects import parse_manifest
 from lvs_operator.compiler.engine import compile_cluster
 from lvs_operator.compiler.plan import plan_to_dict
 from tests.unit.builders import rs, vs
-from tests.vm.lvslab import LAB_NODES, get, routed, who_http
+from tests.vm.lvslab import LAB_NODES, get, program, routed, segment, who_http
 from tests.vm.netlab import Netns
 
 AGENT = [sys.executable, "-m", "lvs_operator.agent.main"]
@@ -35,10 +39,10 @@ CHECK = {"type": "TCP", "connectTimeoutSeconds": 1, "retries": 3, "delayBeforeRe
 BOUND = CHECK["intervalSeconds"] * CHECK["retries"]  # the issue's "interval x retries"
 
 
-def _plan_file(path: Path, check: dict[str, Any]) -> None:
-    docs = [*LAB_NODES,
-            vs("web", VIP, scheduler={"name": "rr"}, healthCheck=check),
-            rs("r1", RS1, app="web"), rs("r2", RS2, app="web")]
+def _plan_file(path: Path, check: dict[str, Any],
+               docs: list[dict[str, Any]] | None = None) -> None:
+    docs = [*LAB_NODES, *(docs or [vs("web", VIP, scheduler={"name": "rr"}, healthCheck=check),
+                                   rs("r1", RS1, app="web"), rs("r2", RS2, app="web")])]
     objects = [parse_manifest(d) for d in docs]
     plan = compile_cluster([o for o in objects if o is not None]).plans["director"]
     path.write_text(json.dumps([plan_to_dict(plan)]))
@@ -63,13 +67,13 @@ def _wait(check: Callable[[], bool], seconds: float, what: str) -> float:
     raise AssertionError(f"timed out after {seconds}s waiting for {what}")
 
 
-def _answers(client: Netns, n: int) -> tuple[dict[str, int], int]:
+def _answers(client: Netns, n: int, vip: str = VIP) -> tuple[dict[str, int], int]:
     """n requests to the VIP, each on a fresh connection: who answered, and failures."""
     who: dict[str, int] = {}
     failures = 0
     for _ in range(n):
         try:
-            server, _seen = get(client, VIP, timeout=2.0)
+            server, _seen = get(client, vip, timeout=2.0)
         except OSError:
             failures += 1
             continue
@@ -153,3 +157,66 @@ def test_quorum_loss_switches_to_the_sorry_server_and_back(
             assert f"-r {RS1}:80 " in table and f"-r {RS2}:80 " in table, table
             who, failures = _answers(client, 6)
             assert failures == 0 and set(who) == {"rs1", "rs2"}, who
+
+
+# method, its forwarding flag in ipvsadm -S, how rs1's path breaks and is mended
+PATH_BREAKS = {
+    "DR": ({"method": "DR"}, "-g -w 1",
+           ["ip", "addr", "del", "192.0.2.10/32", "dev", "lo"],
+           ["ip", "addr", "add", "192.0.2.10/32", "dev", "lo"]),
+    "TUN": ({"method": "TUN", "tunnel": {"type": "ipip"}}, "-i -w 1 --tun-type ipip",
+            ["ip", "link", "set", "tunl0", "down"], ["ip", "link", "set", "tunl0", "up"]),
+}
+
+
+@pytest.mark.parametrize("method", sorted(PATH_BREAKS))
+def test_dr_and_tun_checks_take_the_forwarding_path_through_the_vip(
+        make_netns: Callable[[str], Netns], tmp_path: Path, method: str):
+    """rs1's path for the VIP breaks (DR: the VIP leaves its lo; TUN: its tunnel device goes
+    down): it still answers on 192.0.2.11:80, so a probe of the RIP would pass, but packets
+    for the VIP no longer reach its server. The director (the VIP holder: the probe's reply
+    comes from one of its own addresses) must take it out all the same."""
+    forwarding, flags, break_path, mend_path = PATH_BREAKS[method]
+    lab = segment(make_netns)
+    client, director = lab["client"], lab["director"]
+    vip, rip1, rip2 = "192.0.2.10", "192.0.2.11", "192.0.2.12"
+    docs = [vs("web", vip, scheduler={"name": "rr"}, forwarding=forwarding, healthCheck=CHECK),
+            rs("r1", rip1, app="web", nodeName="rs1"), rs("r2", rip2, app="web", nodeName="rs2")]
+    program(lab, docs, tmp_path, nodes=("rs1", "rs2"))  # VIP on lo, ARP sysctls
+    plan = tmp_path / "plan.json"
+    _plan_file(plan, CHECK, docs)
+    with who_http(lab["rs1"], 80, "rs1"), who_http(lab["rs2"], 80, "rs2"), \
+            _agent(lab, plan, tmp_path / "state") as agent:
+        _wait(lambda: _has(director, rip1, 80) and _has(director, rip2, 80), 60,
+              "the first apply")
+        table = _table(director)
+        assert f"-r {rip1}:0 {flags}" in table and f"-r {rip2}:0 {flags}" in table, table
+        assert vip in director.run(["ip", "-o", "-4", "addr", "show", "dev", "eth0"]).stdout
+        assert director.run(["sysctl", "-n", "net.ipv4.conf.all.accept_local"]).stdout.strip() \
+            == "1"
+        # both stay in: the probes' replies (from the VIP, to the VIP holder) are accepted
+        time.sleep(CHECK["intervalSeconds"] * 2)
+        assert _has(director, rip1, 80) and _has(director, rip2, 80), _table(director)
+        who, failures = _answers(client, 6, vip)
+        assert failures == 0 and set(who) == {"rs1", "rs2"}, who
+
+        lab["rs1"].run(break_path)
+        assert get(client, rip1)[0] == "rs1"  # its own address still answers
+        # Its packets are dropped, not refused: every probe waits out the connect timeout, so
+        # keepalived's worst case is interval + (retries + 1) x timeout + retries x delay; and
+        # a second for the agent to apply the verdict.
+        bound = (CHECK["intervalSeconds"] + (CHECK["retries"] + 1) * CHECK["connectTimeoutSeconds"]
+                 + CHECK["retries"] * CHECK["delayBeforeRetrySeconds"] + 1)
+        detection = _wait(lambda: not _has(director, rip1, 80), bound + 10,
+                          "rs1 to leave the IPVS table")
+        print(f"{method} forwarding-path detection: {detection:.2f} s (bound {bound} s)")
+        assert detection <= bound, f"rs1 left after {detection:.2f} s, more than {bound} s"
+        who, failures = _answers(client, 20, vip)
+        assert failures == 0 and who == {"rs2": 20}, (who, failures)
+
+        lab["rs1"].run(mend_path)
+        back = _wait(lambda: _has(director, rip1, 80), 2 * BOUND, "rs1 to come back")
+        print(f"{method} forwarding-path recovery: {back:.2f} s")
+        who, failures = _answers(client, 6, vip)
+        assert failures == 0 and set(who) == {"rs1", "rs2"}, who
+        assert agent.poll() is None, "the agent must keep running"

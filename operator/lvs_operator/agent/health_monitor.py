@@ -10,6 +10,7 @@ destinations, the sorry server) that the same reconciler diff applies. A transit
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
@@ -28,18 +29,22 @@ from ..compiler.plan import (
     FORWARD_MASQ,
     Destination,
     HealthCheckPlan,
+    HealthPath,
     IPVSService,
     NodePlan,
     ServiceKey,
+    health_path_of,
+    is_health_path,
 )
 from ..kernel.netns import entered
 from .health import EventKind, HealthEvent, HealthTracker
-from .probes import ProbeResult, http_check, tcp_check
+from .probes import ProbeResult, http_check, source_toward, tcp_check
 from .state import DrainKey
 
 __all__ = [
     "HealthMonitor",
     "HealthOverlay",
+    "ProbeVia",
     "ServerReport",
     "apply_health",
     "health_check_of",
@@ -48,7 +53,17 @@ __all__ = [
 log = logging.getLogger("lvs_operator.agent.health")
 
 ServerKey = tuple[str, int]  # destination address, port
-Probe = Callable[[HealthCheckPlan, str, int], ProbeResult]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeVia:
+    """A DR/TUN server's probe goes to the VIP with its health-path service's mark."""
+
+    vip: str
+    mark: int
+
+
+Probe = Callable[[HealthCheckPlan, str, int, "ProbeVia | None"], ProbeResult]
 
 
 def health_check_of(p: HealthCheckPlan) -> HealthCheck:
@@ -71,20 +86,37 @@ def health_check_of(p: HealthCheckPlan) -> HealthCheck:
     )
 
 
-def run_probe(p: HealthCheckPlan, address: str, port: int) -> ProbeResult:
-    """One TCP_CHECK or HTTP_GET of a real server, bounded by the check's timeout."""
+def run_probe(p: HealthCheckPlan, address: str, port: int,
+              via: ProbeVia | None = None) -> ProbeResult:
+    """One TCP_CHECK or HTTP_GET of a real server, bounded by the check's timeout; with `via`,
+    to the VIP along the server's forwarding path, from this director's own address."""
     target = p.port or port
+    to, mark, source = address, None, None
+    if via is not None:
+        try:
+            source = source_toward(address)
+        except OSError as e:
+            return ProbeResult(False, f"no route to {address}: {e.strerror or e}", 0.0,
+                               local_error=True)
+        to, mark = via.vip, via.mark
     if p.type == HealthCheckType.HTTP.value:
-        return http_check(
-            address,
+        result = http_check(
+            to,
             target,
             path=p.http_path,
             expected_status=p.http_status,
             digest=p.http_digest or None,
             host=p.http_host or None,
             timeout=p.timeout,
+            mark=mark,
+            source=source,
         )
-    return tcp_check(address, target, timeout=p.timeout)
+    else:
+        result = tcp_check(to, target, timeout=p.timeout, mark=mark, source=source)
+    if via is None:
+        return result
+    return dataclasses.replace(result, detail=f"{result.detail} (via VIP {via.vip}:{target}, "
+                                              f"mark {via.mark:#x})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +124,8 @@ class ServerReport:
     """One checked real server, for status, Events and metrics."""
 
     service: ServiceKey
-    owner: str
+    owner: str  # namespace/name of the VirtualService
+    real_server: str  # namespace/name of the RealServer the destination came from
     address: str
     port: int
     up: bool
@@ -159,12 +192,22 @@ class _Service:
         self.plan = svc.health
         self.owner = svc.owner
         self.configured: dict[ServerKey, int] = {}
+        self.sources: dict[ServerKey, str] = {}  # namespace/name of each server's RealServer
+        self.via: dict[ServerKey, ProbeVia] = {}  # DR/TUN servers: probed through the VIP
         self.tracker: HealthTracker[ServerKey] = HealthTracker(health_check_of(svc.health))
 
-    def set(self, svc: IPVSService, now: float) -> list[HealthEvent[ServerKey]]:
+    def set(self, svc: IPVSService, now: float,
+            marks: Mapping[HealthPath, int]) -> list[HealthEvent[ServerKey]]:
         self.owner = svc.owner
+        self.via = {}
+        for d in svc.destinations:
+            path = health_path_of(svc, d)
+            if path is not None and path in marks:
+                self.via[d.key] = ProbeVia(svc.key.address, marks[path])
         configured = {d.key: d.weight for d in svc.destinations if svc.checked(d)}
         self.configured = configured
+        self.sources = {d.key: d.source.removeprefix("RealServer ")
+                        for d in svc.destinations if svc.checked(d)}
         return self.tracker.set_servers(configured, now)
 
 
@@ -203,13 +246,17 @@ class HealthMonitor:
         events: list[tuple[ServiceKey, str, HealthEvent[ServerKey]]] = []
         with self._lock:
             wanted = {s.key: s for s in plan.director.services if s.health is not None}
+            marks = {HealthPath(s.key.family, d.address, d.forward, d.tunnel_type,
+                                d.tunnel_port, d.tunnel_checksum): s.key.fwmark
+                     for s in plan.director.services if is_health_path(s.key)
+                     for d in s.destinations}
             for key in [k for k in self._services if k not in wanted]:
                 del self._services[key]
             for key, svc in wanted.items():
                 current = self._services.get(key)
                 if current is None or current.plan != svc.health:
                     current = self._services[key] = _Service(svc)
-                events.extend((key, svc.owner, e) for e in current.set(svc, now))
+                events.extend((key, svc.owner, e) for e in current.set(svc, now, marks))
         self._emit(events)
         self._wake.set()
 
@@ -232,7 +279,8 @@ class HealthMonitor:
             for key, s in self._services.items():
                 for server in s.tracker.servers():
                     st = s.tracker.state(server)
-                    out.append(ServerReport(key, s.owner, server[0], server[1], st.up, st.checked,
+                    out.append(ServerReport(key, s.owner, s.sources.get(server, ""), server[0],
+                                            server[1], st.up, st.checked,
                                             st.consecutive_failures, st.last_detail,
                                             st.last_change))
         return out
@@ -267,7 +315,7 @@ class HealthMonitor:
     def tick(self) -> float:
         """Start every due probe; seconds until the next one is due (at most 1)."""
         now = self._clock()
-        start: list[tuple[ServiceKey, HealthCheckPlan, ServerKey]] = []
+        start: list[tuple[ServiceKey, HealthCheckPlan, ServerKey, ProbeVia | None]] = []
         nxt = now + 1.0
         with self._lock:
             for key, s in self._services.items():
@@ -276,21 +324,22 @@ class HealthMonitor:
                         continue
                     self._in_flight.add((key, server))
                     s.tracker.postpone(server, now + s.plan.timeout + 1)
-                    start.append((key, s.plan, server))
+                    start.append((key, s.plan, server, s.via.get(server)))
                 due = s.tracker.next_due()
                 if due is not None:
                     nxt = min(nxt, due)
-        for key, check, server in start:
+        for key, check, server, via in start:
             try:
-                self._pool.submit(self._probe_one, key, check, server)
+                self._pool.submit(self._probe_one, key, check, server, via)
             except RuntimeError:  # shut down
                 return 1.0
         return max(0.01, nxt - self._clock())
 
-    def _probe_one(self, key: ServiceKey, check: HealthCheckPlan, server: ServerKey) -> None:
+    def _probe_one(self, key: ServiceKey, check: HealthCheckPlan, server: ServerKey,
+                   via: ProbeVia | None) -> None:
         try:
             with entered(self._netns):
-                result = self._probe(check, server[0], server[1])
+                result = self._probe(check, server[0], server[1], via)
         except Exception as exc:  # a bug or a missing namespace: no verdict on the server
             result = ProbeResult(False, f"probe could not run: {exc}", 0.0, local_error=True)
         self.record(key, check, server, result)

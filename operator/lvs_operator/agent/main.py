@@ -490,7 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     caching = CachingKernel(kernel)
     in_sync: InSync = {}
     full_read = True
-    health.update(plan)
+    # The checks follow a plan once a pass has applied it: a DR/TUN probe needs its
+    # health-path service in the kernel, or a new server would fail its first probes.
+    health_behind = True
     health.start()
     while not stopping:
         began = time.monotonic()
@@ -517,6 +519,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              errors=len(report.failures),
                              drift=drift_kinds(report, draining) if drift_check else ())
         last = report
+        if health_behind:
+            health.update(plan)
+            health_behind = False
         watch.passed(f"plan applied: {report.summary()}")
         if report.failures:  # read again next time rather than trust what we think we wrote
             caching.refresh()
@@ -552,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     log.warning("keeping the last good plan: %s", exc)
                     continue
                 metrics_plan[0] = plan
-                health.update(plan)
+                health_behind = True
                 full_read = False
                 break
     health.stop()

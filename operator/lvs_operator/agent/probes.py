@@ -8,8 +8,9 @@ resolved.
 For DR/TUN real servers the probe goes to the VIP with ``mark`` (SO_MARK, which needs
 CAP_NET_ADMIN or CAP_NET_RAW) set to the real server's own fwmark health service, and with
 ``source`` bound to the director's own address: from the VIP holder, a probe sourced from the
-VIP gets its reply eaten by the real server, which owns the VIP too (see
-/work/shared/HA-HEALTH-NOTES.md, section 4). Sockets are closed with SO_LINGER 0 (an RST), which
+VIP gets its reply eaten by the real server, which owns the VIP too; the reply then comes
+from the VIP, which the VIP holder accepts only with accept_local (the compiler sets it) and
+not under strict rp_filter. Sockets are closed with SO_LINGER 0 (an RST), which
 turns the probe's IPVS connection entry into CLOSE for 10 s instead of TIME_WAIT for 120 s.
 
 A probe that could not even be attempted because of a local problem (SO_MARK refused, source
@@ -49,6 +50,16 @@ class _LocalError(Exception):
 
 class _Failed(Exception):
     pass
+
+
+def source_toward(address: str) -> str:
+    """The local address the kernel would send from toward `address` (a routing lookup by a
+    connected UDP socket, no packet sent): the director's own address for a health-path probe."""
+    ip = _literal(address)
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.connect((address, 9))
+        return str(sock.getsockname()[0])
 
 
 def _literal(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

@@ -49,7 +49,16 @@ from ..compiler.ipvsadm_parse import (
     ParsedRules,
     parse_ipvsadm,
 )
-from ..compiler.plan import FORWARD_MASQ, FORWARD_ROUTE, FORWARD_TUNNEL, IPVSService, ServiceKey
+from ..compiler.plan import (
+    FORWARD_MASQ,
+    FORWARD_ROUTE,
+    FORWARD_TUNNEL,
+    HEALTH_PATH_MARK_COUNT,
+    HEALTH_PATH_MARK_FIRST,
+    IPVSService,
+    ServiceKey,
+    is_health_path,
+)
 
 __all__ = [
     "POOL_LABEL",
@@ -420,6 +429,16 @@ def import_ipvsadm(
         line_no = parsed.service_lines.get(svc.key, 0)
         want = _want_from_service(svc, line_no, parsed, problems)
         if want is None:
+            continue
+        if is_health_path(svc.key):
+            problems.add(
+                line_no,
+                f"firewall-mark service {svc.key.fwmark}: marks {HEALTH_PATH_MARK_FIRST:#x}-"
+                f"{HEALTH_PATH_MARK_FIRST + HEALTH_PATH_MARK_COUNT - 1:#x} are the agent's "
+                "health-path services (from an lvs-operator director it is one of them and "
+                "needs no import); otherwise renumber the mark to import it "
+                f"({len(svc.destinations)} real server(s) not imported)",
+            )
             continue
         if svc.key.fwmark:
             hint = (fwmarks or {}).get(svc.key.fwmark)
@@ -1098,6 +1117,12 @@ def _virtual_server(node: _KNode, problems: _Problems) -> _KVS | None:
         if not args[1].isdigit() or not 1 <= int(args[1]) <= 2**32 - 1:
             problems.add(node.line_no, f"fwmark {args[1]} is not 1-4294967295; keepalived skips "
                                        "this virtual_server, and so does the import")
+            return None
+        if is_health_path(ServiceKey(4, "", "", 0, int(args[1]))):
+            problems.add(node.line_no, f"fwmark {args[1]} is in {HEALTH_PATH_MARK_FIRST:#x}-"
+                                       f"{HEALTH_PATH_MARK_FIRST + HEALTH_PATH_MARK_COUNT - 1:#x}, "
+                                       "which the agent reserves for DR/TUN health checks; "
+                                       "renumber it (here and in the mangle rules) to import it")
             return None
         vs = _KVS(node, "fwmark", mark=int(args[1]), family=4)
     else:

@@ -29,6 +29,8 @@ from .plan import (
     FORWARD_MASQ,
     FORWARD_ROUTE,
     FORWARD_TUNNEL,
+    HEALTH_PATH_MARK_COUNT,
+    HEALTH_PATH_MARK_FIRST,
     Destination,
     HealthCheckPlan,
     HighAvailabilityPlan,
@@ -41,6 +43,7 @@ from .plan import (
     Sysctl,
     TunnelDevice,
     VIPAddress,
+    is_health_path,
 )
 
 __all__ = [
@@ -443,6 +446,17 @@ def compile_virtual_service(vs: VirtualService, view: ClusterView) -> Fragment:
             ck = ("svc", family, _PROTO[fp.protocol.value], vip, fp.port)
             claims.append(ck)
             claim_fields[ck] = f"spec.firewallMark.ports[{i}]"
+        if is_health_path(ServiceKey(family, "", "", 0, spec.firewall_mark.mark)):
+            issues.append(
+                Issue(
+                    vs.ref,
+                    "MarkReserved",
+                    f"mark {spec.firewall_mark.mark:#x} is in {HEALTH_PATH_MARK_FIRST:#x}-"
+                    f"{HEALTH_PATH_MARK_FIRST + HEALTH_PATH_MARK_COUNT - 1:#x}, which the agent "
+                    "uses to send DR/TUN health checks along the forwarding path; pick another",
+                    "spec.firewallMark.mark",
+                )
+            )
         if spec.firewall_mark.mark & 0xC000:
             issues.append(
                 Issue(
@@ -695,6 +709,11 @@ def _director_sysctls(spec: VirtualServiceSpec, family: int) -> tuple[Sysctl, ..
         )
     if spec.forwarding.method is ForwardingMethod.FULLNAT:
         out.append(Sysctl("net.ipv4.vs.conntrack", "1"))  # lets iptables SNAT see IPVS flows
+    if (spec.health_check is not None and family == 4 and spec.firewall_mark is None
+            and spec.forwarding.method in (ForwardingMethod.DR, ForwardingMethod.TUN)):
+        # A health-path probe from the VIP holder is answered from the VIP, one of its own
+        # addresses: without accept_local the reply is dropped as a martian.
+        out.append(Sysctl("net.ipv4.conf.all.accept_local", "1"))
     if spec.drain.expire_nodest_conn:
         out.append(Sysctl("net.ipv4.vs.expire_nodest_conn", "1"))
     if spec.drain.expire_quiescent_template:

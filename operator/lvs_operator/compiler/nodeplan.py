@@ -9,14 +9,19 @@ and keeps the ipvsadm-ordered list of service keys sorted as services come and g
 from __future__ import annotations
 
 import bisect
+import hashlib
+import heapq
 from collections import Counter
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from .fragment import Fragment, canonical_ip
 from .plan import (
+    HEALTH_PATH_MARK_COUNT,
+    HEALTH_PATH_MARK_FIRST,
     BackendPlan,
     DirectorPlan,
+    HealthPath,
     IPSetPlan,
     IPVSService,
     LoopbackVIP,
@@ -27,9 +32,11 @@ from .plan import (
     Sysctl,
     TunnelDevice,
     VIPAddress,
+    health_path_of,
+    health_path_service,
 )
 
-__all__ = ["NodeAggregate", "address_order", "service_order"]
+__all__ = ["NodeAggregate", "address_order", "health_path_marks", "service_order"]
 
 A = TypeVar("A", VIPAddress, LoopbackVIP)
 
@@ -54,6 +61,31 @@ def _max_values(counter: Counter[Sysctl]) -> tuple[Sysctl, ...]:
     return tuple(Sysctl(k, v) for k, v in sorted(best.items()))
 
 
+def health_path_marks(paths: Iterable[HealthPath]) -> dict[HealthPath, int]:
+    """A firewall mark for each path: a hash of the path into the reserved range, the next free
+    one on a collision (in path order). A pure function of the set, and a path keeps its mark
+    when others come and go unless they collide; beyond the range's size the rest get none
+    (their servers are then probed at their own address)."""
+    marks: dict[HealthPath, int] = {}
+    taken: set[int] = set()
+    for path in sorted(set(paths)):
+        if len(taken) >= HEALTH_PATH_MARK_COUNT:
+            break
+        digest = hashlib.blake2b(repr(tuple(path)).encode(), digest_size=4).digest()
+        slot = int.from_bytes(digest, "big") % HEALTH_PATH_MARK_COUNT
+        while slot in taken:
+            slot = (slot + 1) % HEALTH_PATH_MARK_COUNT
+        taken.add(slot)
+        marks[path] = HEALTH_PATH_MARK_FIRST + slot
+    return marks
+
+
+def _paths_of(svc: IPVSService) -> list[HealthPath]:
+    if svc.health is None:
+        return []
+    return [p for d in svc.destinations if (p := health_path_of(svc, d)) is not None]
+
+
 class NodeAggregate:
     """Everything the attached fragments ask of one node."""
 
@@ -69,6 +101,7 @@ class NodeAggregate:
         self._marks: dict[tuple[int, int], MarkRule] = {}
         self._snats: dict[tuple[int, str, str, int, int], SNATRule] = {}
         self._director_sysctls: Counter[Sysctl] = Counter()
+        self._health_paths: Counter[HealthPath] = Counter()
         self._lo_vips = _SharedAddresses[LoopbackVIP]()
         self._tunnels: Counter[TunnelDevice] = Counter()
         self._backend_sysctls: Counter[Sysctl] = Counter()
@@ -106,7 +139,10 @@ class NodeAggregate:
         entry = (service_order(svc.key), svc.key)
         i = bisect.bisect_left(self._order, entry)
         present = i < len(self._order) and self._order[i] == entry
+        if present:
+            _count(self._health_paths, _paths_of(self._in_order[i]), -1)
         if sign > 0:
+            _count(self._health_paths, _paths_of(svc), +1)
             if present:
                 self._in_order[i] = svc
             else:
@@ -122,7 +158,7 @@ class NodeAggregate:
             for t in sorted(t for t, n in self._tunnels.items() if n > 0):
                 tunnels.setdefault(t.name, t)
             director = DirectorPlan(
-                services=tuple(self._in_order),
+                services=self._with_health_paths(),
                 vips=self._vips.ordered(),
                 ipsets=tuple(self._ipsets[k] for k in sorted(self._ipsets)),
                 mark_rules=tuple(self._marks[k] for k in sorted(self._marks)),
@@ -136,6 +172,15 @@ class NodeAggregate:
             )
             self._cached = NodePlan(self.node, director, backend)
         return self._cached
+
+    def _with_health_paths(self) -> tuple[IPVSService, ...]:
+        """The services, with the health-path services merged in ipvsadm order."""
+        marks = health_path_marks(p for p, n in self._health_paths.items() if n > 0)
+        if not marks:
+            return tuple(self._in_order)
+        extra = sorted((health_path_service(p, m) for p, m in marks.items()),
+                       key=lambda s: service_order(s.key))
+        return tuple(heapq.merge(self._in_order, extra, key=lambda s: service_order(s.key)))
 
 
 class _SharedAddresses(Generic[A]):

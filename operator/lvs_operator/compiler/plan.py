@@ -22,6 +22,7 @@ __all__ = [
     "Destination",
     "DirectorPlan",
     "HealthCheckPlan",
+    "HealthPath",
     "HighAvailabilityPlan",
     "IPSetPlan",
     "IPVSService",
@@ -33,6 +34,8 @@ __all__ = [
     "Sysctl",
     "TunnelDevice",
     "VIPAddress",
+    "health_path_of",
+    "is_health_path",
     "plan_from_dict",
     "plan_to_dict",
     "plan_to_json",
@@ -44,6 +47,12 @@ PLAN_FORMAT_VERSION = 1
 FORWARD_MASQ = "masq"
 FORWARD_ROUTE = "route"
 FORWARD_TUNNEL = "tunnel"
+
+# Firewall marks of the health-path services (see HealthPath): below 0x4000 so kube-proxy's
+# masquerade/drop bits (0x4000, 0x8000) and CNIs' high-half masks stay clear; VirtualServices
+# may not use them.
+HEALTH_PATH_MARK_FIRST = 0x2000
+HEALTH_PATH_MARK_COUNT = 0x2000
 
 
 class ServiceKey(NamedTuple):
@@ -120,6 +129,48 @@ class IPVSService(NamedTuple):
     def checked(self, dest: Destination) -> bool:
         """Whether the agent probes this destination (RealServer backends only)."""
         return self.health is not None and dest.source.startswith("RealServer ")
+
+
+class HealthPath(NamedTuple):
+    """How a director reaches one DR/TUN real server the way client traffic does. A probe to
+    the VIP carrying the path's firewall mark (SO_MARK) is caught by IPVS on output and sent
+    by the health-path service (that mark, this one destination) with the same forwarding
+    method: it succeeds only if the real server accepts packets for the VIP (VIP on lo, tunnel
+    device up), which a probe of the real server's own address would never notice."""
+
+    family: int
+    address: str
+    forward: str  # route | tunnel
+    tunnel_type: str = ""
+    tunnel_port: int = 0
+    tunnel_checksum: str = ""
+
+
+def is_health_path(key: ServiceKey) -> bool:
+    """Whether this is a health-path service the compiler added, not a VirtualService's."""
+    return HEALTH_PATH_MARK_FIRST <= key.fwmark < HEALTH_PATH_MARK_FIRST + HEALTH_PATH_MARK_COUNT
+
+
+def health_path_of(svc: IPVSService, dest: Destination) -> HealthPath | None:
+    """The path a probe of `dest` takes: DR/TUN destinations of a checked address service
+    (a fwmark service has no single VIP and port to probe, so its servers are probed at their
+    own address, like NAT ones)."""
+    if (not svc.checked(dest) or not svc.key.address
+            or dest.forward not in (FORWARD_ROUTE, FORWARD_TUNNEL)):
+        return None
+    return HealthPath(svc.key.family, dest.address, dest.forward, dest.tunnel_type,
+                      dest.tunnel_port, dest.tunnel_checksum)
+
+
+def health_path_service(path: HealthPath, mark: int) -> IPVSService:
+    """The fwmark service that carries probes along `path`."""
+    return IPVSService(
+        ServiceKey(path.family, "", "", 0, mark),
+        "rr",
+        destinations=(Destination(path.address, 0, path.forward, 1, 0, 0, path.tunnel_type,
+                                  path.tunnel_port, path.tunnel_checksum,
+                                  source="health path"),),
+    )
 
 
 class HighAvailabilityPlan(NamedTuple):
