@@ -249,3 +249,81 @@ def test_deleting_the_virtualservice_leaves_a_clean_kernel(site: Site) -> None:
     assert kernel["ipvs"] == []
     assert not [a for a in kernel["addresses"] if VIP in a]
     assert kernel["ipsets"] == [] and kernel["chains"] == []
+
+
+def test_health_check_verdicts_reach_realserver_status_and_events(site: Site) -> None:
+    """Three RealServers behind a TCP-checked VirtualService: rs1 and rs2 on the site's :80,
+    rs3 on a listener of its own (:8080), which is stopped (connections refused) and started
+    again. The agent's verdict goes NodePlan status -> operator -> RealServer status.health,
+    Healthy conditions and Events."""
+    serving = {3: site.guest.spawn([*LAB, "serve", "--prefix", PREFIX, "rs3", "8080"],
+                                   name="serve-rs3")}
+    site.guest.wait_for_log(serving[3], "SERVING", timeout=120)
+    names = [f"checked-{i}" for i in (1, 2, 3)]
+    ports = {1: 80, 2: 80, 3: 8080}
+    site.apply(
+        {"apiVersion": "lvs.dev/v1alpha1", "kind": "VirtualService",
+         "metadata": {"name": "checked", "namespace": NS},
+         "spec": {"address": VIP, "ports": [{"port": 80, "protocol": "TCP"}],
+                  "scheduler": {"name": "rr"}, "forwarding": {"method": "NAT"},
+                  "healthCheck": {"type": "TCP", "connectTimeoutSeconds": 1, "retries": 1,
+                                  "delayBeforeRetrySeconds": 1, "intervalSeconds": 2},
+                  "directors": {"nodeSelector": {"matchLabels": DIRECTOR_LABEL}},
+                  "backends": {"realServerSelector": {"matchLabels": {"pool": "checked"}}}}},
+        *({"apiVersion": "lvs.dev/v1alpha1", "kind": "RealServer",
+           "metadata": {"name": name, "namespace": NS, "labels": {"pool": "checked"}},
+           "spec": {"address": f"198.51.100.{10 + i}", "port": ports[i]}}
+          for i, name in enumerate(names, start=1)),
+    )
+
+    def health(name: str) -> str:
+        return str((site.get("realserver", name).get("status") or {}).get("health"))
+
+    def events(name: str) -> list[tuple[str, str]]:
+        out = json.loads(site.kubectl("get", "events", "-n", NS, "--field-selector",
+                                      f"involvedObject.name={name}", "-o", "json"))
+        return [(e["type"], e["reason"]) for e in out["items"]]
+
+    try:
+        wait_until("every checked RealServer Up",
+                   lambda: [health(n) for n in names] == ["Up"] * 3, timeout=180)
+        assert site.condition("checked", "Healthy").get("reason") == "AllBackendsHealthy"
+
+        began = time.monotonic()
+        site.guest.kill(serving.pop(3))  # rs3's daemon dies: connections are refused
+        wait_until("checked-3 Down", lambda: health("checked-3") == "Down", timeout=60)
+        wait_until("a Warning Event on checked-3",
+                   lambda: ("Warning", "HealthCheckFailed") in events("checked-3"), timeout=60)
+        print(f"rs3 stopped -> RealServer Down and Event in {time.monotonic() - began:.1f} s")
+        status = site.get("realserver", "checked-3")["status"]
+        [cond] = [c for c in status["conditions"] if c["type"] == "Healthy"]
+        assert cond["status"] == "False" and cond["reason"] == "HealthCheckFailed", cond
+        assert NODE in cond["message"] and "198.51.100.13:8080" in cond["message"], cond
+        assert [health(n) for n in names[:2]] == ["Up", "Up"]
+        healthy = site.condition("checked", "Healthy")
+        assert healthy.get("reason") == "BackendsDown", healthy
+        assert "1 of 3" in healthy["message"] and "198.51.100.13:8080" in healthy["message"]
+        vs = site.get("virtualservice", "checked")["status"]
+        assert vs["backends"]["down"] == 1 and vs["backends"]["ready"] == 2, vs
+        assert ("Warning", "BackendsDown") in events("checked")
+        report = site.get("nodeplan", NODE, None)["status"]["health"]
+        assert report["down"] == 1 and report["servers"][0]["realServer"] == f"{NS}/checked-3"
+        assert sorted(set(site.requests(n=6))) == ["rs1", "rs2"]  # rs3 is out of IPVS
+
+        began = time.monotonic()
+        serving[3] = site.guest.spawn([*LAB, "serve", "--prefix", PREFIX, "rs3", "8080"],
+                                      name="serve-rs3")
+        site.guest.wait_for_log(serving[3], "SERVING", timeout=120)
+        wait_until("checked-3 Up again", lambda: health("checked-3") == "Up", timeout=60)
+        wait_until("a Normal Event on checked-3",
+                   lambda: ("Normal", "HealthCheckPassed") in events("checked-3"), timeout=60)
+        print(f"rs3 back -> RealServer Up and Event in {time.monotonic() - began:.1f} s")
+        assert site.condition("checked", "Healthy").get("reason") == "AllBackendsHealthy"
+        assert ("Normal", "BackendsHealthy") in events("checked")
+        assert not [e for n in names[:2] for e in events(n) if e[0] == "Warning"]
+    finally:
+        site.kubectl("delete", "virtualservice", "checked", "-n", NS, "--timeout=90s",
+                     "--ignore-not-found")
+        site.kubectl("delete", "realserver", *names, "-n", NS, "--ignore-not-found")
+        for handle in serving.values():
+            site.guest.kill(handle)

@@ -13,6 +13,8 @@ Runs inside the qemu guest (real IPVS); the host side drives it through GuestVM:
     probe --prefix P ADDR PORT S a new connection to the line echo every 0.2 s (bounded like
                                  arpwatch); JSON of the outages seen
     kernel NS                    the owned kernel state of namespace NS, as JSON
+    serve --prefix P NAME PORT   HTTP on :PORT in namespace P-NAME answering NAME, until SIGTERM
+                                 (at most an hour): a listener a test can stop and start again
 
 Site (LVS-NAT, as in the LVS HOWTO):
 
@@ -335,6 +337,43 @@ def probe(prefix: str, addr: str, port: int, seconds: float) -> int:
     return 0
 
 
+def serve(prefix: str, name: str, port: int) -> int:
+    """One real server's HTTP listener on its own (the site's run inside `up`): killing this
+    process stops it, so connections to it are refused, as when a daemon dies. Answers like
+    `up`'s servers ("NAME CLIENT"); imports little, since every import costs under TCG."""
+    import http.server
+    import threading
+
+    from lvs_operator.kernel.netns import entered
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"{name} {self.client_address[0]}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    going = _until_sigterm(3600)
+    with entered(f"{prefix}-{name}"):
+        server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              daemon=True)
+    thread.start()
+    print("SERVING", flush=True)
+    try:
+        while going():
+            time.sleep(0.2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0
+
+
 def kernel(ns: str) -> int:
     def run(*argv: str) -> str:
         done = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
@@ -374,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("seconds", type=float)
     k = sub.add_parser("kernel")
     k.add_argument("ns")
+    v = sub.add_parser("serve")
+    v.add_argument("--prefix", required=True)
+    v.add_argument("name")
+    v.add_argument("port", type=int)
     args = p.parse_args(argv)
     if args.cmd == "up":
         return up(args.prefix, args.backends)
@@ -389,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         return ha_up(args.prefix)
     if args.cmd == "arpwatch":
         return arpwatch(args.prefix, args.addr, args.seconds)
+    if args.cmd == "serve":
+        return serve(args.prefix, args.name, args.port)
     return kernel(args.ns)
 
 

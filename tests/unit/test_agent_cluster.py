@@ -21,7 +21,9 @@ from lvs_operator.agent.cluster import (
     PlanGone,
     PlanSourceError,
 )
+from lvs_operator.agent.health_monitor import HealthMonitor
 from lvs_operator.agent.main import main as agent_main
+from lvs_operator.agent.probes import ProbeResult
 from lvs_operator.agent.reconcile import Kernel, reconcile
 from lvs_operator.agent.state import AgentState, load_state
 from lvs_operator.compiler.plan import NodePlan
@@ -53,7 +55,8 @@ class Rig:
 
     def __init__(self, interval: float = 10.0, *, kernel: Kernel | None = None,
                  state: AgentState | None = None, dry_run: bool = False,
-                 sharder: PlanSharder | None = None, persist=None) -> None:
+                 sharder: PlanSharder | None = None, persist=None,
+                 health: HealthMonitor | None = None) -> None:
         self.clock = Clock()
         self.api = FakePlanSource(sleep=self.clock.sleep)
         self.kernel = kernel or fake_kernel()
@@ -64,7 +67,7 @@ class Rig:
             NODE, self.api, self.kernel, self.state, interval=interval, dry_run=dry_run,
             persist=persist, on_report=self.reports.append, clock=self.clock, wall=self.clock.wall,
             sleep=self.clock.sleep, backoff=lambda: Backoff(0.5, 30.0, jitter=0.0),
-            identity="lvs-agent test on host-1",
+            identity="lvs-agent test on host-1", health=health,
         )
 
     def publish(self, plan: NodePlan) -> None:
@@ -451,3 +454,145 @@ def test_cli_without_a_plan_or_a_cluster_says_what_to_give(tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert "no Kubernetes API to read plans from" in err
     assert "--kubeconfig PATH" in err and "--plan FILE" in err
+
+
+# ---------------------------------------------------------------- health verdicts in the status
+
+A, B = ("198.51.100.11", 80), ("198.51.100.12", 80)
+CHECK = {"type": "TCP", "retries": 1, "delayBeforeRetrySeconds": 1, "intervalSeconds": 2}
+
+
+class CheckedRig(Rig):
+    """A Rig whose agent has a HealthMonitor (not started: probe results are fed by hand,
+    and a verdict change wakes the agent as in lvs-agent)."""
+
+    def __init__(self, **kwargs) -> None:
+        self.monitor = HealthMonitor(clock=lambda: self.clock(), workers=1,
+                                     on_change=lambda: self.agent.wake())
+        super().__init__(health=self.monitor, **kwargs)
+
+    def probe(self, server: tuple[str, int], ok: bool, detail: str = "") -> None:
+        assert self.agent.plan is not None
+        [svc] = self.agent.plan.director.services
+        assert svc.health is not None
+        self.monitor.record(svc.key, svc.health, server,
+                            ProbeResult(ok, detail or ("connected" if ok else
+                                                       "connection refused"), 0.01))
+
+    def health(self) -> dict:
+        report: dict = self.status()["health"]
+        return report
+
+
+def checked_plan(*rips: str, **check) -> NodePlan:
+    return plans(*web(*rips, healthCheck={**CHECK, **check}))
+
+
+def test_health_is_reported_as_counters_while_every_server_is_up():
+    rig = CheckedRig()
+    rig.publish(checked_plan(A[0], B[0]))
+    rig.agent.step()
+    assert rig.health() == {"checked": 2, "down": 0, "servers": [], "quorumLost": [],
+                            "sorryServer": [], "truncated": False}
+
+
+def test_a_down_verdict_reaches_the_status_within_one_step_and_recovery_too():
+    rig = CheckedRig()
+    rig.publish(checked_plan(A[0], B[0]))
+    rig.agent.step()
+    rig.probe(A, True)
+    rig.probe(B, True)
+    patches = rig.patches()
+    rig.probe(B, False)  # retries 1: the first failure only schedules a retry
+    rig.probe(B, False)  # down: the monitor wakes the agent
+    before = rig.clock.t
+    rig.agent.step()
+    assert rig.clock.t == before  # the wake ran the pass: no waiting for the timer
+    assert rig.patches() == patches + 1
+    assert rig.health() == {
+        "checked": 2, "down": 1, "truncated": False, "quorumLost": [], "sorryServer": [],
+        "servers": [{"virtualService": "default/web", "realServer": "default/r1",
+                     "address": "198.51.100.12", "port": 80, "detail": "connection refused"}],
+    }
+    assert dests(rig.kernel) == {A: 1}  # the same pass took it out of IPVS
+    rig.probe(B, True)
+    rig.agent.step()
+    assert rig.health()["down"] == 0 and rig.health()["servers"] == []
+    assert dests(rig.kernel) == {A: 1, B: 1}
+
+
+def test_the_health_report_is_stable_while_a_server_stays_down():
+    rig = CheckedRig(interval=10.0)
+    rig.publish(checked_plan(A[0], B[0]))
+    rig.agent.step()
+    rig.probe(B, False)  # the first check failing: down at once (keepalived)
+    rig.agent.step()
+    first = dict(rig.status())
+    assert first["health"]["down"] == 1
+    patches = rig.patches()
+    start = rig.clock.t
+    while rig.clock.t - start < 35:
+        rig.probe(B, False)  # more failures: the counter grows, the verdict does not change
+        rig.probe(A, True)
+        rig.agent.step()
+    heartbeats = rig.patches() - patches
+    assert heartbeats <= 4  # about one per interval: the heartbeat, never a rewrite per probe
+    last = rig.status()
+    assert {k: v for k, v in last.items() if k != "lastSyncTime"} == \
+        {k: v for k, v in first.items() if k != "lastSyncTime"}
+    assert rig.agent.status_body() == rig.agent.status_body()
+
+
+def test_quorum_lost_and_the_sorry_server_are_listed():
+    rig = CheckedRig()
+    rig.publish(checked_plan(A[0], B[0], quorum={"minimum": 1, "sorryServer": {
+        "address": "198.51.100.99"}}))
+    rig.agent.step()
+    rig.probe(A, False)
+    rig.probe(B, False)
+    rig.agent.step()
+    report = rig.health()
+    assert report["down"] == 2
+    assert report["quorumLost"] == ["default/web"] and report["sorryServer"] == ["default/web"]
+    assert dests(rig.kernel) == {("198.51.100.99", 80): 1}
+
+
+def test_the_down_list_is_bounded_and_says_it_was_cut(monkeypatch):
+    import lvs_operator.agent.cluster as cluster
+
+    monkeypatch.setattr(cluster, "MAX_HEALTH_ITEMS", 1)
+    rig = CheckedRig()
+    rig.publish(checked_plan(A[0], B[0]))
+    rig.agent.step()
+    rig.probe(A, False)
+    rig.probe(B, False, "x" * 2000)
+    rig.agent.step()
+    report = rig.health()
+    assert report["down"] == 2 and report["truncated"] is True
+    assert [s["address"] for s in report["servers"]] == ["198.51.100.11"]
+    rig.probe(A, True)
+    rig.agent.step()
+    [entry] = rig.health()["servers"]
+    assert len(entry["detail"]) == cluster.MAX_DETAIL and rig.health()["truncated"] is False
+
+
+def test_the_report_is_removed_when_nothing_is_checked_any_more():
+    rig = CheckedRig()
+    rig.publish(checked_plan(A[0], B[0]))
+    rig.agent.step()
+    assert rig.health()["checked"] == 2
+    rig.publish(plans(*web(A[0], B[0])))  # the VirtualService's healthCheck was removed
+    rig.agent.step()
+    assert rig.status()["health"] is None  # null in a merge patch: the key goes
+    patches = rig.patches()
+    rig.clock.t += 3.0
+    rig.api.touch(NODE)
+    rig.agent.step()
+    assert rig.patches() == patches  # and stays gone without rewrites
+
+
+def test_an_agent_without_checks_writes_no_health():
+    rig = Rig()
+    rig.publish(plans(*web(A[0])))
+    rig.agent.step()
+    assert "health" not in rig.status()

@@ -6,7 +6,8 @@ fetches only the shards whose digest it has not seen, assembles the plan, reconc
 same passes as standalone `--watch`: a plan change diffs against the cached kernel view, the
 `--interval` timer reads the kernel itself, repairs drift and decides drains) and writes what
 it did to the NodePlan's status: `observedGeneration`, `Programmed`/`Degraded` conditions,
-counts, failures and warnings, and a `lastSyncTime` heartbeat.
+counts, failures and warnings, the health checks' verdicts (`health`: counters and the down
+servers only) and a `lastSyncTime` heartbeat.
 
 Fail static: when the API server is unreachable or answers with errors the kernel stays
 exactly as last applied, the timer keeps repairing drift against the last good plan, and the
@@ -80,6 +81,8 @@ NODEPLANSHARDS = "nodeplanshards"
 MAX_ENTRIES = 50  # failures / warnings in the status (the CRD's maxItems)
 MAX_TEXT = 512  # characters of one failure or warning
 MAX_MESSAGE = 1024  # characters of a condition message
+MAX_HEALTH_ITEMS = 256  # down servers / VirtualServices listed in status.health (maxItems)
+MAX_DETAIL = 256  # characters of a probe's detail there
 REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read (seconds) of every non-watch request
 
 
@@ -615,6 +618,8 @@ class ClusterAgent:
         self._conditions: dict[str, dict[str, Any]] = {}
         self._seeded = False
         self._published: dict[str, Any] | None = None
+        self._health_in_status = False  # the NodePlan status may carry a health report
+        self._health_snapshot: dict[str, Any] | None = None  # status.health as of the last pass
         self._patched_at: float | None = None
         self._patched_sync: float | None = None
 
@@ -721,6 +726,7 @@ class ClusterAgent:
             for cond in published.status.get("conditions") or []:
                 if isinstance(cond, dict) and "type" in cond:
                     self._conditions[str(cond["type"])] = dict(cond)
+            self._health_in_status = bool(published.status.get("health"))
             self._seeded = True
         before = self._latest
         if before is not None and before.uid != published.uid:
@@ -807,8 +813,6 @@ class ClusterAgent:
         self._pending = False
         self._problem = None
         self.plan = plan
-        if self._health is not None:
-            self._health.update(plan)
         if self._ha is not None:
             self._ha.update(plan)
         self._applied_key = (latest.uid, latest.generation)
@@ -817,6 +821,10 @@ class ClusterAgent:
                  extra={"node": self.node, "generation": latest.generation,
                         "object": {"kind": "NodePlan", "name": latest.name}})
         self._pass(full=self._next_full is None)
+        if self._health is not None:
+            # after the pass: a DR/TUN probe needs its health-path service in the kernel
+            self._health.update(plan)
+            self._health_snapshot = self._health_status()
 
     def _assemble(self, latest: PublishedNodePlan) -> NodePlan:
         """The whole plan from the NodePlan and its shards, fetching only shards whose
@@ -937,6 +945,7 @@ class ClusterAgent:
             # full pass counts from its end, or back-to-back passes would starve the watch.
             self._next_full = self._clock() + self.interval
         self._report = report
+        self._health_snapshot = self._health_status()  # the verdicts this pass applied
         self._synced_at = self._wall()
         if (report.steps or report.failures) and self._on_report is not None:
             self._on_report(report)
@@ -1013,7 +1022,50 @@ class ClusterAgent:
             body["draining"] = report.waiting_drains
             body["failures"] = _bounded(report.failures)
             body["warnings"] = _bounded(report.warnings)
+        health = self._health_snapshot
+        if health is not None:
+            body["health"] = health
+        elif self._health_in_status or (self._published is not None
+                                        and "health" in self._published):
+            body["health"] = None  # a merge patch removes the last run's report
         return body
+
+    def _health_status(self) -> dict[str, Any] | None:
+        """status.health: what the checks say, bounded for a million backends (only the down
+        servers are listed) and stable while no verdict changes (no times, no counters that
+        grow while a server stays down). Taken after each pass, so it is what the pass applied
+        (a verdict change wakes the loop for a pass at once). None: nothing is checked here."""
+        monitor = self._health
+        if monitor is None or not monitor.active:
+            return None
+        reports = monitor.report()
+        down = sorted({(r.owner, r.real_server, r.address, r.port, _clip(r.detail, MAX_DETAIL))
+                       for r in reports if not r.up})
+        owners = {s.key: s.owner for s in self.plan.director.services} if self.plan else {}
+        lost: set[str] = set()
+        sorry: set[str] = set()
+        for key, (quorum_ok, sorry_active) in monitor.quorum().items():
+            owner = owners.get(key)
+            if owner is None:
+                continue
+            if not quorum_ok:
+                lost.add(owner)
+            if sorry_active:
+                sorry.add(owner)
+        truncated = max(len(down), len(lost), len(sorry)) > MAX_HEALTH_ITEMS
+        return {
+            "checked": len(reports),
+            "down": len(down),
+            "servers": [
+                {"virtualService": vs, "realServer": rs, "address": address, "port": port,
+                 "detail": detail}
+                for vs, rs, address, port, detail in down[:MAX_HEALTH_ITEMS]
+            ],
+            "quorumLost": sorted(lost)[:MAX_HEALTH_ITEMS],
+            "sorryServer": sorted(sorry)[:MAX_HEALTH_ITEMS],
+            # always written: the status is merge-patched, an absent key would keep its value
+            "truncated": truncated,
+        }
 
     def _status_due(self, body: dict[str, Any] | None) -> float:
         """When the status should next be written (inf: not until something changes)."""
@@ -1051,6 +1103,7 @@ class ClusterAgent:
             self._status_down = False
             self._status_backoff.reset()
         self._published = body
+        self._health_in_status = body.get("health") is not None
         self._patched_at = now
         self._patched_sync = self._synced_at
 

@@ -28,7 +28,7 @@ __all__ = [
 _CONDITION = {
     "type": "object",
     "description": "A condition in the Kubernetes convention (Accepted, Programmed, Ready, "
-    "Degraded).",
+    "Degraded, Healthy).",
     "required": ["type", "status", "lastTransitionTime", "reason", "message"],
     "properties": {
         "type": {"type": "string", "maxLength": 316},
@@ -76,12 +76,20 @@ def _status_schema(kind: str) -> dict[str, Any]:
             "description": "Resolved real servers.",
             "properties": {
                 "total": {"type": "integer"},
-                "ready": {"type": "integer"},
+                "ready": {"type": "integer", "description": "Taking new connections: not "
+                          "draining and not failing a health check."},
                 "draining": {"type": "integer"},
+                "down": {"type": "integer", "description": "Real servers a director reports "
+                         "failing their health checks (only with spec.healthCheck)."},
             },
         }
     else:
-        props["health"] = {"type": "string", "description": "Up, Down or Unknown."}
+        props["health"] = {
+            "type": "string",
+            "description": "Up, Down or Unknown: the verdict of the health checks of the "
+            "VirtualServices it backs, as their directors report it.",
+            "enum": ["Up", "Down", "Unknown"],
+        }
     return {"type": "object", "properties": props}
 
 
@@ -193,6 +201,40 @@ _NODEPLAN_SPEC = {
         },
     },
 }
+_VS_NAME = {"type": "string", "maxLength": 317, "description": "namespace/name"}
+_NODEPLAN_HEALTH = {
+    "type": "object",
+    "description": "The verdicts of this director's health checks: counters, and only the "
+    "servers that are down (the operator turns them into RealServer and VirtualService "
+    "status and Events).",
+    "properties": {
+        "checked": {"type": "integer", "description": "Real servers under check (one per "
+                    "IPVS service and destination)."},
+        "down": {"type": "integer", "description": "Of those, how many are down."},
+        "servers": {
+            "type": "array",
+            "description": "The down servers, sorted; at most 256 (see truncated).",
+            "maxItems": 256,
+            "items": {
+                "type": "object",
+                "required": ["virtualService", "address", "port"],
+                "properties": {
+                    "virtualService": _VS_NAME,
+                    "realServer": _VS_NAME,
+                    "address": {"type": "string", "maxLength": 64},
+                    "port": {"type": "integer", "minimum": 0, "maximum": 65535},
+                    "detail": {"type": "string", "maxLength": 256,
+                               "description": "What the last probe saw."},
+                },
+            },
+        },
+        "quorumLost": {"type": "array", "maxItems": 256, "items": _VS_NAME,
+                       "description": "VirtualServices whose live weight is below quorum."},
+        "sorryServer": {"type": "array", "maxItems": 256, "items": _VS_NAME,
+                        "description": "VirtualServices served by their sorry server."},
+        "truncated": {"type": "boolean", "description": "A list was cut at 256 entries."},
+    },
+}
 _NODEPLAN_STATUS = {
     "type": "object",
     "description": "Written by the node's agent.",
@@ -215,6 +257,7 @@ _NODEPLAN_STATUS = {
         "draining": {"type": "integer"},
         "failures": {"type": "array", "maxItems": 50, "items": {"type": "string"}},
         "warnings": {"type": "array", "maxItems": 50, "items": {"type": "string"}},
+        "health": _NODEPLAN_HEALTH,
     },
 }
 _SHARD_SPEC = {

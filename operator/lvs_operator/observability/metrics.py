@@ -125,8 +125,8 @@ class _ConditionCounts:
     def _family() -> GaugeMetricFamily:
         return GaugeMetricFamily(
             "lvs_operator_virtualservices",
-            "VirtualServices by status condition (Accepted, Programmed, Ready, Degraded), its "
-            "status (True/False) and reason, e.g. condition=Accepted,status=False,"
+            "VirtualServices by status condition (Accepted, Programmed, Ready, Degraded, "
+            "Healthy), its status (True/False/Unknown) and reason, e.g. condition=Accepted,status=False,"
             "reason=PortConflict: VIP:port conflicts. Written by the leader only.",
             labels=["condition", "status", "reason"],
         )
