@@ -606,7 +606,7 @@ class IptablesChains:
     """`OwnedChains` through iptables-save/iptables-restore, optionally in a named netns."""
 
     def __init__(
-        self, netns: str | None = None, flavour: str | None = None, timeout: float = 30.0
+        self, netns: str | None = None, flavour: str | None = None, timeout: float = 60.0
     ) -> None:
         if flavour is not None and flavour not in FLAVOURS:
             raise InvalidArgument(f"iptables flavour {flavour!r} is not one of {FLAVOURS}")
