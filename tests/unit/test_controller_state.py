@@ -5,7 +5,7 @@ Each test is state_in -> events -> state_out, with the agent's reports played by
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, TypeVar
 
 from lvs_operator.api.objects import ObjectRef
 from lvs_operator.compiler.shards import PlanSharder, assemble_plan
@@ -87,10 +87,19 @@ class World:
 
 
 def small_world() -> World:
-    w = World()
-    w.apply(node("dir-1", **DIRECTOR_LABELS))
+    return populated(World())
+
+
+W = TypeVar("W", bound="World")
+
+
+def populated(w: W, directors: tuple[str, ...] = ("dir-1",), **vs_spec: Any) -> W:
+    """`w` with director node(s), node-1, VirtualService web (192.0.2.10) and RealServers
+    web-1/web-2, after one round."""
+    for d in directors:
+        w.apply(node(d, **DIRECTOR_LABELS))
     w.apply(node("node-1"))
-    w.apply(vs("web", "192.0.2.10"))
+    w.apply(vs("web", "192.0.2.10", **vs_spec))
     w.apply(rs("web-1", "198.51.100.11", app="web"))
     w.apply(rs("web-2", "198.51.100.12", app="web"))
     w.state.synced = True
@@ -299,17 +308,8 @@ class HealthWorld(World):
 
 
 def checked_world(*directors: str, check: dict[str, Any] | None = CHECK) -> HealthWorld:
-    w = HealthWorld()
-    for d in directors or ("dir-1",):
-        w.apply(node(d, **DIRECTOR_LABELS))
-    w.apply(node("node-1"))
     extra = {"healthCheck": check} if check is not None else {}
-    w.apply(vs("web", "192.0.2.10", **extra))
-    w.apply(rs("web-1", "198.51.100.11", app="web"))
-    w.apply(rs("web-2", "198.51.100.12", app="web"))
-    w.state.synced = True
-    w.round()
-    return w
+    return populated(HealthWorld(), directors or ("dir-1",), **extra)
 
 
 def test_checked_real_servers_go_from_unknown_to_up_once_programmed_without_events():
