@@ -14,7 +14,7 @@ from tests.harness.vm import GuestVM
 def test_make_demo_programs_every_example_and_serves_requests(
     control_plane: LocalControlPlane, guest: GuestVM, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ok = demo_in(control_plane, guest, requests=8, timeout=300)
+    ok = demo_in(control_plane, guest, requests=8, timeout=600)
     out = capsys.readouterr().out
     shown = out if len(out) < 12000 else f"{out[:8000]}\n[...]\n{out[-4000:]}"
     print(shown)

@@ -39,7 +39,7 @@ def note(text: str) -> None:
     print(f"    {text}", flush=True)
 
 
-def run_demo(requests: int = 12, timeout: float = 300.0) -> int:
+def run_demo(requests: int = 12, timeout: float = 600.0) -> int:
     """Start a control plane and a guest, run the demo in them, stop them."""
     t0 = time.monotonic()
     step("starting kube-apiserver and etcd on 127.0.0.1 (first run: builds/fetches them)")
@@ -52,7 +52,7 @@ def run_demo(requests: int = 12, timeout: float = 300.0) -> int:
 
 
 def demo_in(cp: LocalControlPlane, guest: GuestVM, *, requests: int = 12,
-            timeout: float = 300.0) -> bool:
+            timeout: float = 600.0) -> bool:
     """The demo on a running control plane and guest (the cluster tier passes its own)."""
     ok = True
     with tempfile.TemporaryDirectory(prefix="lvs-demo-") as tmp:
@@ -100,7 +100,7 @@ def demo_in(cp: LocalControlPlane, guest: GuestVM, *, requests: int = 12,
                     ok = False
                     note("gave up waiting: " + "; ".join(waiting))
                     break
-                time.sleep(1)
+                time.sleep(2)
             step("kubectl get virtualservices")
             print(cp.kubectl("get", "virtualservices", "-n", "default", *names).stdout,
                   flush=True)
@@ -123,12 +123,22 @@ def demo_in(cp: LocalControlPlane, guest: GuestVM, *, requests: int = 12,
             for n, handle in agents.items():
                 guest.kill(handle)
                 if not ok:
-                    note(f"agent {n} log:\n{guest.logs(handle)[-2000:]}")
+                    note(f"agent {n} log:\n{_log_digest(guest.logs(handle))}")
             guest.kill(site)
             operator.stop()
             if not ok:
                 note("operator log:\n" + operator.log(3000))
     return ok
+
+
+def _log_digest(log: str, tail: int = 1500) -> str:
+    """An agent's log cut for a failure report: every line that says something went wrong
+    (CI output keeps the ends of a long report, not its middle), then the tail."""
+    bad = [line for line in log.splitlines()
+           if any(w in line.lower() for w in ("warning", "error", "cannot", "failed"))]
+    head = "\n".join(bad[-20:])
+    return (f"{len(bad)} warning/error line(s), the last 20:\n{head}\n...\n" if bad else "") \
+        + log[-tail:]
 
 
 def main(argv: list[str] | None = None) -> int:

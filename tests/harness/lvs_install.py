@@ -115,6 +115,8 @@ def programmed(cp: LocalControlPlane, namespace: str, names: Sequence[str] = (),
         else:
             waiting.append(f"{item['metadata']['name']}: {prog.get('reason', 'no status yet')}")
     return done, len(items), waiting
+
+
 def agent_argv(node: str, kubeconfig: str, *, netns: str | None = None,
                interval: float = 5.0, state_dir: str = "/var/lib/lvs-agent") -> list[str]:
     argv = [sys.executable, "-m", "lvs_operator.agent.main", "--node", node,

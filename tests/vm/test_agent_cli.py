@@ -19,6 +19,7 @@ from lvs_operator.api.objects import parse_manifest
 from lvs_operator.compiler.engine import compile_cluster
 from lvs_operator.compiler.plan import plan_to_dict
 from tests.unit.builders import node, rs, vs
+from tests.vm.lvslab import first_apply
 from tests.vm.netlab import Netns
 
 AGENT = [sys.executable, "-m", "lvs_operator.agent.main"]
@@ -69,8 +70,8 @@ def test_dry_run_then_watch_repairs_drift_and_follows_the_file(
     agent = subprocess.Popen([*args, "--watch", "--interval", "1"], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
-        _wait(lambda: "-a -t 192.0.2.10:80 -r 198.51.100.12:8080 -m -w 1" in _table(director),
-              60, "the first apply")
+        first_apply(agent, lambda: "-a -t 192.0.2.10:80 -r 198.51.100.12:8080 -m -w 1"
+                    in _table(director))
         director.run(["ipvsadm", "-D", "-t", "192.0.2.10:80"])  # drift, by hand
         director.run(["ip", "addr", "del", "192.0.2.10/32", "dev", "eth0"])
         _wait(lambda: "-A -t 192.0.2.10:80 -s rr" in _table(director)

@@ -26,7 +26,7 @@ from lvs_operator.api.objects import parse_manifest
 from lvs_operator.compiler.engine import compile_cluster
 from lvs_operator.compiler.plan import plan_to_dict
 from tests.unit.builders import rs, vs
-from tests.vm.lvslab import LAB_NODES, get, program, routed, segment, who_http
+from tests.vm.lvslab import LAB_NODES, first_apply, get, program, routed, segment, who_http
 from tests.vm.netlab import Netns
 
 AGENT = [sys.executable, "-m", "lvs_operator.agent.main"]
@@ -105,8 +105,7 @@ def test_dead_server_leaves_rotation_within_interval_x_retries_and_comes_back(
     with contextlib.ExitStack() as rs1_up, who_http(lab["rs2"], 80, "rs2"), \
             _agent(lab, plan, tmp_path / "state") as agent:
         rs1_up.enter_context(who_http(lab["rs1"], 80, "rs1"))
-        _wait(lambda: _has(director, RS1, 80) and _has(director, RS2, 80),
-              60, "the first apply")
+        first_apply(agent, lambda: _has(director, RS1, 80) and _has(director, RS2, 80))
         who, failures = _answers(client, 6)
         assert failures == 0 and set(who) == {"rs1", "rs2"}, who
 
@@ -137,10 +136,9 @@ def test_quorum_loss_switches_to_the_sorry_server_and_back(
     _plan_file(plan, {**CHECK, "quorum": {"minimum": 2,
                                           "sorryServer": {"address": RS2, "port": 8080}}})
     with contextlib.ExitStack() as rs1_up, who_http(lab["rs2"], 80, "rs2"), \
-            who_http(lab["rs2"], 8080, "sorry"), _agent(lab, plan, tmp_path / "state"):
+            who_http(lab["rs2"], 8080, "sorry"), _agent(lab, plan, tmp_path / "state") as agent:
         rs1_up.enter_context(who_http(lab["rs1"], 80, "rs1"))
-        _wait(lambda: _has(director, RS1, 80) and _has(director, RS2, 80),
-              60, "the first apply")
+        first_apply(agent, lambda: _has(director, RS1, 80) and _has(director, RS2, 80))
         assert not _has(director, RS2, 8080)
 
         rs1_up.close()
@@ -187,8 +185,7 @@ def test_dr_and_tun_checks_take_the_forwarding_path_through_the_vip(
     _plan_file(plan, CHECK, docs)
     with who_http(lab["rs1"], 80, "rs1"), who_http(lab["rs2"], 80, "rs2"), \
             _agent(lab, plan, tmp_path / "state") as agent:
-        _wait(lambda: _has(director, rip1, 80) and _has(director, rip2, 80), 60,
-              "the first apply")
+        first_apply(agent, lambda: _has(director, rip1, 80) and _has(director, rip2, 80))
         table = _table(director)
         assert f"-r {rip1}:0 {flags}" in table and f"-r {rip2}:0 {flags}" in table, table
         assert vip in director.run(["ip", "-o", "-4", "addr", "show", "dev", "eth0"]).stdout
