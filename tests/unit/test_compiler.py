@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lvs_operator.api.objects import ObjectRef
+from lvs_operator.api.objects import ObjectRef, parse_manifest
 from lvs_operator.compiler.engine import Compiler, compile_cluster
 from lvs_operator.compiler.fragment import Issue
 from lvs_operator.compiler.plan import (
@@ -460,6 +460,79 @@ def test_vip_shared_by_two_services_is_one_address():
         rs("a", "198.51.100.1", app="http")))
     [vip] = result.plans["dir-1"].director.vips
     assert vip.owners == ("default/dns", "default/http")
+
+
+def _sharing_vip(http_ha: dict | None, dns_ha: dict | None, **dns_extra):
+    """An older `http` (port 80) and a younger `dns` (port 53) on one VIP."""
+    http_spec = {"ha": http_ha} if http_ha else {}
+    dns_spec = {"ha": dns_ha} if dns_ha else {}
+    return cluster(
+        vs("http", created="2026-01-01T00:00:00Z", **http_spec),
+        vs("dns", ports=[(53, "UDP")], selector={"app": "http"},
+           created="2026-02-01T00:00:00Z", **dns_spec, **dns_extra),
+        rs("a", "198.51.100.1", app="http"))
+
+
+@pytest.mark.parametrize("desc, http_ha, dns_ha, said", [
+    ("one has no ha", {"mode": "Lease"}, None, "asks for {mode: None}"),
+    ("other timings", {"mode": "Lease"}, {"mode": "Lease", "lease": {"durationSeconds": 5}},
+     "lease: 5 s / 1500 ms / 500 ms"),
+    ("other mode", {"mode": "Lease"}, {"mode": "VRRP", "vrrp": {"virtualRouterID": 51}},
+     "{mode: VRRP, vrrp: {virtualRouterID: 51"),
+    ("sync on one only", {"mode": "Lease", "connectionSync": {"enabled": True}},
+     {"mode": "Lease"}, "connectionSync: off"),
+])
+def test_vip_owners_disagreeing_on_ha_warn_the_younger_and_use_the_older(
+        desc, http_ha, dns_ha, said):
+    """The younger owner is young by creationTimestamp, not by name (dns < http)."""
+    result = compile_cluster(_sharing_vip(http_ha, dns_ha))
+    [warning] = issues_of(result, "VirtualService", "dns")
+    assert (warning.reason, warning.severity, warning.field) == ("HAMismatch", "Warning",
+                                                                   "spec.ha"), desc
+    assert "VirtualService default/http (older)" in warning.message and said in warning.message
+    assert not issues_of(result, "VirtualService", "http")
+    [vip] = result.plans["dir-1"].director.vips
+    assert vip.owners == ("default/dns", "default/http") and vip.ha is not None
+    assert vip.ha.mode == "Lease" and vip.ha.sync == bool(http_ha.get("connectionSync"))
+    # Both still programmed: a warning, not a refusal.
+    assert {s.owner for s in result.plans["dir-1"].director.services} == {"default/http",
+                                                                          "default/dns"}
+
+
+def test_vip_owners_agreeing_on_ha_say_nothing():
+    ha = {"mode": "Lease", "connectionSync": {"enabled": True, "syncID": 3}}
+    assert not compile_cluster(_sharing_vip(ha, ha)).issues
+
+
+def test_vip_owners_disagreeing_on_the_device_warn():
+    result = compile_cluster(_sharing_vip(
+        None, None, directors={"nodeSelector": {"matchLabels": {"lvs.dev/director": "true"}},
+                               "interface": "eth1"}))
+    [warning] = issues_of(result, "VirtualService", "dns")
+    assert warning.reason == "InterfaceMismatch" and warning.field == "spec.directors.interface"
+    assert "eth1" in warning.message and "the route device" in warning.message
+    assert result.plans["dir-1"].director.vips[0].interface == ""
+
+
+def test_mending_the_older_owner_clears_the_younger_ones_warning_incrementally():
+    c = Compiler()
+    objs = _sharing_vip({"mode": "Lease"}, None)
+    for o in objs:
+        c.upsert(o)
+    dns = ObjectRef("VirtualService", "default", "dns")
+    assert [i.reason for i in c.issues()[dns]] == ["HAMismatch"]
+    c.take_changed_refs()
+    [http] = [o for o in objs if o.ref.name == "http"]
+    c.upsert(parse_manifest(vs("http", created="2026-01-01T00:00:00Z")))
+    # dns did not change, but its status must be looked at again.
+    assert dns in c.take_changed_refs()
+    assert dns not in c.issues() and http.ref not in c.issues()
+    c.upsert(parse_manifest(vs("http", created="2026-01-01T00:00:00Z", ha={"mode": "Lease"})))
+    c.take_changed_refs()
+    assert [i.reason for i in c.issues()[dns]] == ["HAMismatch"]
+    c.delete(http.ref)  # the older owner gone: dns's settings are the VIP's, nothing to say
+    assert dns in c.take_changed_refs()
+    assert not c.issues() and c.plan("dir-1").director.vips[0].owners == ("default/dns",)
 
 
 # --------------------------------------------------------------------------- conflicts

@@ -31,6 +31,7 @@ from .fragment import (
     Fragment,
     Issue,
     compile_virtual_service,
+    describe_ha,
     digest_endpoint_slice,
 )
 from .nodeplan import NodeAggregate
@@ -79,6 +80,8 @@ class Compiler:
         self._dirty_nodes: set[str] = set()
         self._changed_nodes: set[str] = set()
         self._changed_refs: set[ObjectRef] = set()
+        # VIP address -> VirtualServices compiled with it (they must agree on spec.ha)
+        self._by_vip: dict[str, set[ObjectRef]] = defaultdict(set)
 
     # ----------------------------------------------------------------- ClusterView protocol
 
@@ -191,6 +194,7 @@ class Compiler:
         if not self._dirty_vs and not self._dirty_nodes:
             return
         touched_keys: set[tuple[object, ...]] = set()
+        touched_vips: set[str] = set()
         changed: set[ObjectRef] = set()
         for ref in self._dirty_vs:
             old = self._fragments.pop(ref, None)
@@ -199,6 +203,9 @@ class Compiler:
                     self._claims[key].discard(ref)
                 touched_keys.update(old.claims)
                 self._detach(old)
+                self._index_vip(old, ref, -1)
+                if old.vip is not None:
+                    touched_vips.add(old.vip.address)
             vs = self._vs.get(ref)
             if vs is None:
                 self._active.discard(ref)
@@ -206,6 +213,9 @@ class Compiler:
                 continue
             frag = compile_virtual_service(vs, self)
             self._fragments[ref] = frag
+            self._index_vip(frag, ref, +1)
+            if frag.vip is not None:
+                touched_vips.add(frag.vip.address)
             if frag.ok:
                 for key in frag.claims:
                     self._claims[key].add(ref)
@@ -240,9 +250,23 @@ class Compiler:
                         to_attach.append(current)
         for frag in to_attach:
             self._attach(frag)
+        # The VIP's other owners: whether they agree on spec.ha may have changed.
+        for address in touched_vips:
+            self._changed_refs |= self._by_vip.get(address, set())
         for node in self._dirty_nodes:
             self._changed_nodes.add(node)
         self._dirty_nodes = set()
+
+    def _index_vip(self, frag: Fragment, ref: ObjectRef, sign: int) -> None:
+        if frag.vip is None:
+            return
+        owners = self._by_vip[frag.vip.address]
+        if sign > 0:
+            owners.add(ref)
+        else:
+            owners.discard(ref)
+            if not owners:
+                del self._by_vip[frag.vip.address]
 
     def _winner(self, key: tuple[object, ...]) -> ObjectRef | None:
         holders = self._claims.get(key)
@@ -323,6 +347,11 @@ class Compiler:
                                 "Warning",
                             )
                         )
+        for refs in self._by_vip.values():
+            if len(refs) > 1:
+                for issue in _vip_disagreements([self._fragments[r] for r in refs
+                                                  if r in self._active]):
+                    found[issue.ref].append(issue)
         return {ref: tuple(dict.fromkeys(v)) for ref, v in sorted(found.items())}
 
     def is_active(self, ref: ObjectRef) -> bool:
@@ -350,6 +379,42 @@ def _conflict(frag: Fragment, key: tuple[object, ...], winner: ObjectRef) -> Iss
         "programmed until the conflict is resolved: change its address, port or mark",
         frag.claim_fields.get(key, ""),
     )
+
+
+def _vip_disagreements(frags: list[Fragment]) -> Iterator[Issue]:
+    """VirtualServices sharing a VIP move together (one HA group, one device): each one that
+    asks otherwise than the oldest is told so. Where both are programmed on one director the
+    oldest one's settings are used (NodeAggregate), so the younger is Degraded, not refused:
+    editing one object must not take another's service off the kernel."""
+    frags = sorted((f for f in frags if f.vip is not None), key=lambda f: f.order)
+    if len(frags) < 2:
+        return
+    first = frags[0]
+    assert first.vip is not None
+    for other in frags[1:]:
+        assert other.vip is not None
+        if other.vip.ha != first.vip.ha:
+            yield Issue(
+                other.ref,
+                "HAMismatch",
+                f"VIP {first.vip.address} is shared with {first.ref} (older), which asks for "
+                f"ha {describe_ha(first.vip.ha)}; this one asks for {describe_ha(other.vip.ha)}. "
+                "VirtualServices sharing a VIP fail over together, so on directors they share "
+                f"{first.ref}'s settings are used; give both the same spec.ha",
+                "spec.ha",
+                "Warning",
+            )
+        if other.vip.interface != first.vip.interface:
+            yield Issue(
+                other.ref,
+                "InterfaceMismatch",
+                f"VIP {first.vip.address} is shared with {first.ref} (older), which puts it on "
+                f"{first.vip.interface or 'the route device'}; this one asks for "
+                f"{other.vip.interface or 'the route device'}. On directors they share the older "
+                "one's device is used; give both the same spec.directors.interface",
+                "spec.directors.interface",
+                "Warning",
+            )
 
 
 def compile_cluster(

@@ -54,6 +54,7 @@ __all__ = [
     "Issue",
     "canonical_ip",
     "compile_virtual_service",
+    "describe_ha",
     "digest_endpoint_slice",
 ]
 
@@ -596,6 +597,28 @@ def ha_lease_name(vip: str) -> str:
     address = ipaddress.ip_address(vip)
     text = address.exploded.replace(":", "-") if address.version == 6 else str(address)
     return f"lvs-ha-{text}"
+
+
+def describe_ha(ha: HighAvailabilityPlan | None) -> str:
+    """spec.ha in a user's words, for messages: `{mode: None}`, `{mode: Lease, lease: 2 s /
+    1500 ms / 500 ms, connectionSync: syncID 0}`, `{mode: VRRP, virtualRouterID: 51, ...}`."""
+    if ha is None:
+        return "{mode: None}"
+    if ha.mode == HAMode.VRRP.value:
+        parts = [f"virtualRouterID: {ha.virtual_router_id}", f"priority: {ha.priority}",
+                 f"advertIntervalSeconds: {ha.advert_interval}"]
+        if ha.auth_secret_ref:
+            parts.append(f"authSecretRef: {ha.auth_secret_ref.partition('/')[2]}")
+        if ha.unicast_peers:
+            parts.append(f"unicastPeers: [{', '.join(ha.unicast_peers)}]")
+        detail = "vrrp: {" + ", ".join(parts) + "}"
+    else:
+        detail = (f"lease: {ha.lease_duration} s / {ha.renew_deadline * 1000:.0f} ms / "
+                  f"{ha.retry_period * 1000:.0f} ms")
+    sync = "off"
+    if ha.sync:
+        sync = f"syncID {ha.sync_id}" + (f" on {ha.sync_interface}" if ha.sync_interface else "")
+    return f"{{mode: {ha.mode}, {detail}, connectionSync: {sync}}}"
 
 
 def _ha_plan(vs: VirtualService, vip: str) -> HighAvailabilityPlan | None:

@@ -120,7 +120,7 @@ class NodeAggregate:
             for svc in frag.services:
                 self._service(svc, sign)
             if frag.vip is not None:
-                self._vips.apply(frag.vip, owner, sign)
+                self._vips.apply(frag.vip, owner, sign, frag.order)
             for st in frag.ipsets:
                 _keyed(self._ipsets, st.name, st, sign)
             for m in frag.mark_rules:
@@ -131,7 +131,7 @@ class NodeAggregate:
         part = frag.backend_parts.get(self.node)
         if part is not None:
             for v in part.vips:
-                self._lo_vips.apply(v, owner, sign)
+                self._lo_vips.apply(v, owner, sign, frag.order)
             _count(self._tunnels, part.tunnels, sign)
             _count(self._backend_sysctls, part.sysctls, sign)
 
@@ -188,11 +188,14 @@ class _SharedAddresses(Generic[A]):
     address whose owners are merged; kept in address order as entries come and go."""
 
     def __init__(self) -> None:
-        self._by_owner: dict[object, dict[str, A]] = {}
+        # address -> owner -> (the owner's age rank, its entry)
+        self._by_owner: dict[object, dict[str, tuple[tuple[str, str, str], A]]] = {}
         self._order: list[tuple[tuple[str, int, int], object]] = []
         self._in_order: list[A] = []  # merged entries, same positions as _order
 
-    def apply(self, entry: A, owner: str, sign: int) -> None:
+    def apply(self, entry: A, owner: str, sign: int, rank: tuple[str, str, str]) -> None:
+        """`rank` orders owners by age: the oldest owner's attributes (its spec.ha, its
+        device) are the address's, as the oldest wins a conflict."""
         key = entry.key
         item = (address_order(entry), key)
         i = bisect.bisect_left(self._order, item)
@@ -204,11 +207,11 @@ class _SharedAddresses(Generic[A]):
             self._order.insert(i, item)
             self._in_order.insert(i, entry)
         if sign > 0:
-            entries[owner] = entry
+            entries[owner] = (rank, entry)
         else:
             entries.pop(owner, None)
         if entries:
-            first = entries[min(entries)]
+            first = min(entries.values(), key=lambda ranked: ranked[0])[1]
             self._in_order[i] = first._replace(owners=tuple(sorted(entries)))
         else:
             del self._by_owner[key], self._order[i], self._in_order[i]
