@@ -22,11 +22,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from lvs_operator.agent.main import vrrp_password_reader
 from lvs_operator.api.rbac import (
     AGENT_HA_LEASE_RULES,
     AGENT_RULES,
     OPERATOR_LEADER_ELECTION_RULES,
     OPERATOR_RULES,
+    agent_vrrp_auth_rules,
 )
 from tests.harness.controlplane import KubectlError, LocalControlPlane
 from tests.harness.lvs_install import (
@@ -61,6 +63,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "admissionPolicy": {"enabled": False},
         "metrics": {"service": {"enabled": False}},
         "serviceAccount": {"operator": {"name": "ops"}, "agent": {"name": "node-agent"}},
+    },
+    "vrrp-auth-secrets": {
+        "agent": {"vrrpAuthSecrets": {"shop": ["vrrp-pass", "edge-pass", "vrrp-pass"],
+                                      "edge": ["p"]}},
     },
 }
 
@@ -153,6 +159,27 @@ def test_rendered_rbac_is_exactly_the_rules_the_cluster_tier_proves_enough(
         assert not any("secrets" in r["resources"] or "*" in r["resources"] for r in rules)
 
 
+def test_vrrp_auth_secrets_get_one_role_per_namespace_naming_only_them(
+        control_plane: LocalControlPlane) -> None:
+    docs = render(control_plane, VALUE_SETS["vrrp-auth-secrets"])
+    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"
+             and d["metadata"]["name"] == "lvs-operator-agent-vrrp-auth"}
+    assert set(roles) == {"shop", "edge"}
+    assert roles["shop"]["rules"] == agent_vrrp_auth_rules(["edge-pass", "vrrp-pass"])
+    assert roles["shop"]["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
+                                       "resourceNames": ["edge-pass", "vrrp-pass"],
+                                       "verbs": ["get"]}]
+    assert roles["edge"]["rules"][0]["resourceNames"] == ["p"]
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"
+                and d["metadata"]["name"] == "lvs-operator-agent-vrrp-auth"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["edge", "shop"]
+    assert all(b["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_SA,
+                                  "namespace": SYSTEM_NS}] for b in bindings)
+    # By default: no Role names a Secret.
+    assert not [d for d in render(control_plane, {}) if d["kind"] == "Role"
+                and any("secrets" in r["resources"] for r in d["rules"])]
+
+
 def test_crds_in_the_chart_are_the_generated_ones() -> None:
     chart_crds = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
     assert chart_crds == sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
@@ -205,6 +232,9 @@ def test_values_shape_the_workloads(control_plane: LocalControlPlane) -> None:
      "need leaseDurationSeconds (15) > renewDeadlineSeconds (20)"),
     ({"operator": {"replicas": 2, "leaderElection": {"enabled": False}}},
      "operator.replicas > 1 needs operator.leaderElection.enabled=true"),
+    ({"agent": {"vrrpAuthSecrets": {"shop": []}}}, "/agent/vrrpAuthSecrets/shop"),
+    ({"agent": {"vrrpAuthSecrets": {"Shop": ["p"]}}}, "invalid propertyName 'Shop'"),
+    ({"agent": {"vrrpAuthSecrets": {"shop": "p"}}}, "/agent/vrrpAuthSecrets/shop"),
 ])
 def test_bad_values_are_refused_naming_the_value(control_plane: LocalControlPlane,
                                                  values: dict[str, Any], says: str,
@@ -308,6 +338,35 @@ def test_agent_identity_writes_only_its_own_nodeplan_status(
         proc = _as(cp, kc, *args)
         assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), (args, proc.stderr)
     assert _as(cp, kc, "get", "nodeplan", mine).returncode == 0  # it reads what it consumes
+
+
+def test_agent_reads_exactly_the_vrrp_auth_secrets_the_values_name(
+        installed: LocalControlPlane, two_nodes: tuple[str, str]) -> None:
+    """The agent's own Secret reader (agent/main.py), under the DaemonSet's identity: the
+    named Secret is read, its neighbour is refused with a message saying how to grant it."""
+    from kubernetes import config as kube_config
+
+    cp = installed
+    cp.kubectl("create", "namespace", "vrrp-shop")
+    try:
+        for name, password in (("vrrp-pass", "s3cret-1"), ("not-granted", "s3cret-2")):
+            cp.kubectl("create", "secret", "generic", name, "-n", "vrrp-shop",
+                       f"--from-literal=password={password}")
+        install(cp, {"agent": {"vrrpAuthSecrets": {"vrrp-shop": ["vrrp-pass", "absent"]}}})
+        kc = agent_kubeconfig(cp, two_nodes[0])
+        read = vrrp_password_reader(kube_config.new_client_from_config(str(kc)))
+        assert read("vrrp-shop/vrrp-pass") == "s3cret-1"
+        assert read("vrrp-shop/absent") is None  # granted, not there: "missing", not "refused"
+        with pytest.raises(ValueError) as refused:
+            read("vrrp-shop/not-granted")
+        assert "403" in str(refused.value)
+        assert "--set agent.vrrpAuthSecrets.vrrp-shop={not-granted}" in str(refused.value)
+        for args in (("get", "secrets", "-n", "vrrp-shop"), ("get", "secrets", "-n", SYSTEM_NS)):
+            proc = _as(cp, kc, *args)
+            assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), (args, proc.stderr)
+    finally:
+        install(cp)
+        cp.kubectl("delete", "namespace", "vrrp-shop", "--wait=false")
 
 
 def test_agent_token_not_bound_to_a_node_writes_nothing(

@@ -87,7 +87,9 @@ def agent_kubeconfig(cp: LocalControlPlane, node: str, *, server: str | None = N
                      "labels": template["metadata"]["labels"]},
         "spec": {**template["spec"], "nodeName": node},
     }
-    cp.kubectl("delete", "pod", "-n", SYSTEM_NS, pod_name, "--ignore-not-found", "--wait=false")
+    # No kubelet confirms a graceful delete here: an earlier token's pod must go at once.
+    cp.kubectl("delete", "pod", "-n", SYSTEM_NS, pod_name, "--ignore-not-found",
+               "--grace-period=0", "--force")
     cp.kubectl("create", "-f", "-", input=json.dumps(pod))
     return cp.service_account_kubeconfig(SYSTEM_NS, AGENT_SA, create=False, bound_pod=pod_name,
                                          server=server, path=path)

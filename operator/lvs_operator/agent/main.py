@@ -54,7 +54,7 @@ from .state import AgentState, load_state, save_state
 from .vip_lease import KubernetesLeaseClient, VIPElection, lease_api_client, lease_identity
 from .vrrp import KeepalivedSupervisor, VRRPDriver
 
-__all__ = ["load_plan", "main", "real_kernel"]
+__all__ = ["load_plan", "main", "real_kernel", "vrrp_password_reader"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -395,10 +395,10 @@ def _vrrp_driver(args: argparse.Namespace, source: Any) -> VRRPDriver:
     run_dir = args.state_dir / "keepalived" / args.node
     return VRRPDriver(KeepalivedSupervisor(run_dir, netns=args.netns), router_id=args.node,
                       addresses=NetlinkAddresses(args.netns),
-                      password_for=_secret_password(source.api_client))
+                      password_for=vrrp_password_reader(source.api_client))
 
 
-def _secret_password(api_client: Any) -> Callable[[str], str | None]:
+def vrrp_password_reader(api_client: Any) -> Callable[[str], str | None]:
     """spec.ha.vrrp.authSecretRef ("namespace/name") -> its key `password`; None when the
     Secret or the key does not exist; ValueError (a pass failure) when it cannot be read."""
     import base64
@@ -416,7 +416,8 @@ def _secret_password(api_client: Any) -> Callable[[str], str | None]:
             raise ValueError(
                 f"cannot read Secret {ref} (spec.ha.vrrp.authSecretRef): {exc.status} "
                 f"{exc.reason}; grant the agent's ServiceAccount `get` on it with a Role in "
-                f"namespace {namespace}") from None
+                f"namespace {namespace} (Helm: --set agent.vrrpAuthSecrets.{namespace}"
+                f"={{{name}}})") from None
         data = (secret.data or {}).get("password")
         return base64.b64decode(data).decode() if data else None
 

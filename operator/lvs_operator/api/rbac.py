@@ -10,6 +10,11 @@ release's) namespace, not in the VirtualService's. So the agents get Lease right
 namespaced Role there (`AGENT_HA_LEASE_RULES`: get, create, update; no list, watch, patch or
 delete) instead of a ClusterRole over every namespace's Leases, where users keep their own
 leader elections.
+
+VRRP mode with authentication (`spec.ha.vrrp.authSecretRef`): the agent reads that one Secret
+in the VirtualService's namespace. Nothing grants Secrets by default; the chart's
+`agent.vrrpAuthSecrets` (namespace -> names) renders a Role per namespace with `get` on
+exactly those names (`agent_vrrp_auth_rules`), never list or watch.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from .objects import API_GROUP
 __all__ = [
     "AGENT_HA_LEASE_RULES",
     "AGENT_RULES",
+    "AGENT_VRRP_AUTH_RULE",
     "OPERATOR_LEADER_ELECTION_RULES",
     "OPERATOR_RULES",
+    "agent_vrrp_auth_rules",
     "chart_rules_file",
     "cluster_role",
     "cluster_role_binding",
@@ -89,6 +96,18 @@ AGENT_HA_LEASE_RULES: list[dict[str, Any]] = [
 ]
 
 
+# Namespaced, in a VirtualService's namespace: the VRRP password Secrets named there (the chart
+# adds `resourceNames`, one Role per namespace of agent.vrrpAuthSecrets).
+AGENT_VRRP_AUTH_RULE: dict[str, Any] = {
+    "apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+}
+
+
+def agent_vrrp_auth_rules(names: list[str]) -> list[dict[str, Any]]:
+    """The rules of one namespace's VRRP-auth Role: `get` on the named Secrets only."""
+    return [{**AGENT_VRRP_AUTH_RULE, "resourceNames": sorted(set(names))}]
+
+
 def cluster_role(name: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -136,6 +155,7 @@ def chart_rules_file() -> str:
         "operatorLeaderElection": OPERATOR_LEADER_ELECTION_RULES,
         "agent": AGENT_RULES,
         "agentHALeases": AGENT_HA_LEASE_RULES,
+        "agentVRRPAuth": AGENT_VRRP_AUTH_RULE,
     }
     header = "# Generated from operator/lvs_operator/api/rbac.py by `make crds`; do not edit.\n"
     return header + yaml.dump(doc, Dumper=_NoAliases, sort_keys=False, width=100)
