@@ -93,7 +93,9 @@ def pytest_tier(name: str, paths: list[str], extra: list[str] | None = None,
                 runner: Callable[[list[str]], list[str]] | None = None,
                 env: dict[str, str] | None = None) -> TierResult:
     start = time.monotonic()
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths, *(extra or [])]
+    # --durations: the slowest tests, so a log shows where a tier's minutes went.
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=12",
+           "--durations-min=5", *paths, *(extra or [])]
     if runner is not None:
         cmd = runner(cmd)
     code, output = _run(cmd, env)
