@@ -40,6 +40,7 @@ from tests.harness.controlplane import LocalControlPlane  # noqa: E402
 from tests.vm.arpwatch import arp_responders  # noqa: E402
 
 from lvs_operator.agent.ha import LeaseDriver, VIPKeeper  # noqa: E402
+from lvs_operator.agent.kubeapi import KubeAPI, load_credentials  # noqa: E402
 from lvs_operator.agent.vip_lease import (  # noqa: E402
     KubernetesLeaseClient,
     VIPElection,
@@ -229,12 +230,10 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5)
     args = p.parse_args()
     runs = max(1, min(args.runs, 20))
-    from kubernetes import config
-
     remove_site()
     rows: dict[str, list[dict[str, Any]]] = {"frozen": [], "link-cut": []}
     with LocalControlPlane(log=lambda m: print(f"[controlplane] {m}", flush=True)) as cp:
-        api = lease_api_client(config.new_client_from_config(str(cp.kubeconfig)))
+        api = lease_api_client(KubeAPI(load_credentials(cp.kubeconfig)))
         build_site()
         directors = {n: Director(n, api) for n in ("a", "b")}
         try:

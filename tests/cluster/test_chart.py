@@ -22,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from lvs_operator.agent.kubeapi import KubeAPI, load_credentials
 from lvs_operator.agent.main import vrrp_password_reader
 from lvs_operator.api.rbac import (
     AGENT_HA_LEASE_RULES,
@@ -344,8 +345,6 @@ def test_agent_reads_exactly_the_vrrp_auth_secrets_the_values_name(
         installed: LocalControlPlane, two_nodes: tuple[str, str]) -> None:
     """The agent's own Secret reader (agent/main.py), under the DaemonSet's identity: the
     named Secret is read, its neighbour is refused with a message saying how to grant it."""
-    from kubernetes import config as kube_config
-
     cp = installed
     cp.kubectl("create", "namespace", "vrrp-shop")
     try:
@@ -354,7 +353,7 @@ def test_agent_reads_exactly_the_vrrp_auth_secrets_the_values_name(
                        f"--from-literal=password={password}")
         install(cp, {"agent": {"vrrpAuthSecrets": {"vrrp-shop": ["vrrp-pass", "absent"]}}})
         kc = agent_kubeconfig(cp, two_nodes[0])
-        read = vrrp_password_reader(kube_config.new_client_from_config(str(kc)))
+        read = vrrp_password_reader(KubeAPI(load_credentials(kc)))
         assert read("vrrp-shop/vrrp-pass") == "s3cret-1"
         assert read("vrrp-shop/absent") is None  # granted, not there: "missing", not "refused"
         with pytest.raises(ValueError) as refused:

@@ -201,3 +201,27 @@ def test_python_kubernetes_client_uses_the_kubeconfigs(control_plane: LocalContr
     with limited, pytest.raises(kubernetes.client.ApiException) as denied:
         kubernetes.client.CoreV1Api(limited).list_namespaced_secret("default")
     assert denied.value.status == 403
+
+
+def test_the_agents_own_client_uses_the_kubeconfigs(control_plane: LocalControlPlane) -> None:
+    """agent/kubeapi.py over TLS against the real server: the CA from the kubeconfig, a client
+    certificate (admin, and an identity with no rights), and a ServiceAccount token."""
+    from lvs_operator.agent.kubeapi import KubeAPI, KubeAPIError, load_credentials
+
+    admin = KubeAPI(load_credentials(control_plane.kubeconfig))
+    listed = admin.call("GET", KubeAPI.path("api", "v1", "namespaces"), doing="listing")
+    assert {"default", "kube-system"} <= {n["metadata"]["name"] for n in listed["items"]}
+
+    nobody = KubeAPI(load_credentials(control_plane.mint_kubeconfig(f"smoke-agent-{_suffix()}")))
+    with pytest.raises(KubeAPIError) as denied:
+        nobody.call("GET", KubeAPI.path("api", "v1", "namespaces", "default", "secrets"),
+                    doing="listing Secrets")
+    assert denied.value.status == 403 and "forbidden" in str(denied.value)
+
+    name = f"smoke-agent-{_suffix()}"
+    token = KubeAPI(load_credentials(control_plane.service_account_kubeconfig("default", name)))
+    who = token.call("POST", KubeAPI.path("apis", "authentication.k8s.io", "v1",
+                                          "selfsubjectreviews"), doing="asking who I am",
+                     body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    assert who["status"]["userInfo"]["username"] == f"system:serviceaccount:default:{name}"
+    control_plane.kubectl("delete", "serviceaccount", name, "-n", "default", check=False)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from lvs_operator.agent.kubeapi import Credentials, KubeAPI
 from lvs_operator.agent.vip_lease import (
     MIN_TIMEOUT,
     HAGroup,
@@ -510,17 +511,18 @@ class Stub(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def loopback_api(port: int) -> KubeAPI:
+    return lease_api_client(KubeAPI(Credentials(server=f"http://127.0.0.1:{port}")))
+
+
 @pytest.fixture
 def stub() -> Iterator[KubernetesLeaseClient]:
-    from kubernetes import client
-
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stub)
     srv.daemon_threads = True
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     Stub.replies, Stub.seen, Stub.delay = [], [], 0.0
-    cfg = client.Configuration(host=f"http://127.0.0.1:{srv.server_address[1]}")
-    api = lease_api_client(client.ApiClient(cfg))
+    api = loopback_api(srv.server_address[1])
     try:
         yield KubernetesLeaseClient(api, NS, "lvs-ha-192.0.2.10", timeout=0.5)
     finally:
@@ -581,14 +583,11 @@ def test_the_kubernetes_client_times_out_and_honours_the_bound(
 
 
 def test_the_kubernetes_client_reports_a_refused_connection() -> None:
-    from kubernetes import client
-
     srv = http.server.HTTPServer(("127.0.0.1", 0), Stub)
     port = srv.server_address[1]
     srv.server_close()  # nothing listens there now
-    api = lease_api_client(client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{port}")))
-    with pytest.raises(LeaseError, match="reading Lease"):
-        KubernetesLeaseClient(api, NS, "x", timeout=0.5).get()
+    with pytest.raises(LeaseError, match=r"reading Lease lvs-system/x: .*(refused|Errno)"):
+        KubernetesLeaseClient(loopback_api(port), NS, "x", timeout=0.5).get()
 
 
 def test_a_renewal_that_returns_after_the_deadline_does_not_hold(server: Server,

@@ -17,8 +17,8 @@ the operator publishes an empty plan to clean a node, it never deletes the NodeP
 that runs an agent.
 
 The API is reached through one narrow seam, `PlanSource`, with a real implementation over the
-kubernetes client (`KubernetesPlanSource`) and an in-memory one (`FakePlanSource`) for tests.
-Client exceptions become `PlanSourceError` at that boundary.
+agent's own API client, agent/kubeapi.py (`KubernetesPlanSource`), and an in-memory one
+(`FakePlanSource`) for tests. Client exceptions become `PlanSourceError` at that boundary.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import enum
 import json
 import logging
 import math
-import os
 import random
 import socket
 import time
@@ -46,6 +45,7 @@ from ..kernel.ipvs import IPVSOp, IPVSOpKind
 from ..observability import AgentMetrics
 from .cache import CachingKernel
 from .health_monitor import HealthMonitor, apply_health
+from .kubeapi import KubeAPI, KubeAPIError, KubeConfigError, load_credentials
 from .reconcile import InSync, Kernel, ReconcileReport, reconcile
 from .state import AgentState, DrainKey
 
@@ -174,89 +174,56 @@ class PlanSource(Protocol):
 # --------------------------------------------------------------------------- kubernetes client
 
 
-def _api_message(body: str | None) -> str:
-    try:
-        data = json.loads(body or "")
-    except ValueError:
-        return (body or "").strip()[:200]
-    return str(data.get("message", "")) if isinstance(data, dict) else ""
+_PLANS = ("apis", API_GROUP, VERSION, NODEPLANS)
 
 
 class KubernetesPlanSource:
-    """PlanSource over the kubernetes client (CustomObjectsApi). Imports the client lazily,
-    so standalone mode never pays for it."""
+    """PlanSource over the agent's own API client (agent/kubeapi.py): JSON requests, one
+    streamed watch. KubeAPIError becomes PlanSourceError here (404 PlanGone, 410
+    WatchExpired)."""
 
-    def __init__(self, api_client: Any) -> None:
-        import urllib3
-        from kubernetes import client
+    def __init__(self, api: KubeAPI) -> None:
+        self.api = api
 
-        self.api_client = api_client
-        self._api = client.CustomObjectsApi(api_client)
-        self._api_exception: type[Exception] = client.ApiException
-        self._transport_errors: tuple[type[Exception], ...] = (
-            urllib3.exceptions.HTTPError,
-            OSError,
-        )
-        self._stream_errors: tuple[type[Exception], ...] = (*self._transport_errors, ValueError)
-
-    def _error(self, doing: str, exc: Exception) -> PlanSourceError:
-        if isinstance(exc, self._api_exception):
-            status = getattr(exc, "status", None)
-            detail = _api_message(getattr(exc, "body", None)) or str(getattr(exc, "reason", ""))
-            text = f"{doing}: HTTP {status}: {detail}"
-            if status == 410:
-                return WatchExpired(text)
-            if status == 404:
-                return PlanGone(text)
-            return PlanSourceError(text)
-        return PlanSourceError(f"{doing}: {type(exc).__name__}: {exc}")
-
-    def _call(self, doing: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, doing: str, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
-        except (self._api_exception, *self._transport_errors) as exc:
-            raise self._error(doing, exc) from exc
+            return self.api.call(method, path, doing=doing, timeout=REQUEST_TIMEOUT, **kwargs)
+        except KubeAPIError as exc:
+            raise _plan_error(exc) from exc
 
     def get_plan(self, node: str) -> PlanSnapshot:
-        data = self._call(
-            f"listing NodePlan {node}",
-            self._api.list_cluster_custom_object,
-            API_GROUP,
-            VERSION,
-            NODEPLANS,
-            field_selector=f"metadata.name={node}",
-            _request_timeout=REQUEST_TIMEOUT,
-        )
+        data = self._call("GET", KubeAPI.path(*_PLANS, query={
+            "fieldSelector": f"metadata.name={node}"}), f"listing NodePlan {node}")
         items = [i for i in (data.get("items") or []) if i.get("metadata", {}).get("name") == node]
         rv = str((data.get("metadata") or {}).get("resourceVersion", ""))
         return PlanSnapshot(PublishedNodePlan.from_object(items[0]) if items else None, rv)
 
     def watch_plan(self, node: str, resource_version: str, timeout: float) -> Iterator[PlanEvent]:
         seconds = max(1, math.ceil(timeout))
-        resp = self._call(
-            f"watching NodePlan {node}",
-            self._api.list_cluster_custom_object,
-            API_GROUP,
-            VERSION,
-            NODEPLANS,
-            field_selector=f"metadata.name={node}",
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=seconds,
-            watch=True,
-            _preload_content=False,
+        path = KubeAPI.path(*_PLANS, query={
+            "fieldSelector": f"metadata.name={node}", "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true", "timeoutSeconds": seconds, "watch": "true"})
+        doing = f"watching NodePlan {node}"
+        try:
             # the server ends the watch after `seconds`; the read timeout only catches a
             # server that went silent without closing the connection
-            _request_timeout=(REQUEST_TIMEOUT[0], seconds + 15.0),
-        )
-        return self._events(node, resp)
+            lines = self.api.stream(path, doing=doing,
+                                    timeout=(REQUEST_TIMEOUT[0], seconds + 15.0))
+        except KubeAPIError as exc:
+            raise _plan_error(exc) from exc
+        return self._events(node, lines)
 
-    def _events(self, node: str, resp: Any) -> Iterator[PlanEvent]:
+    @staticmethod
+    def _events(node: str, lines: Iterator[str]) -> Iterator[PlanEvent]:
         try:
-            for line in _lines(resp):
+            for line in lines:
                 if not line.strip():
                     continue
-                event = json.loads(line)
+                try:
+                    event = json.loads(line)
+                except ValueError as exc:
+                    raise PlanSourceError(f"watching NodePlan {node}: not JSON: "
+                                          f"{line[:200]!r}") from exc
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
                     text = f"watching NodePlan {node}: HTTP {obj.get('code')}: {obj.get('message')}"
@@ -266,77 +233,46 @@ class KubernetesPlanSource:
                     yield PlanEvent(EventType.BOOKMARK, rv)
                 elif kind in ("ADDED", "MODIFIED", "DELETED"):
                     yield PlanEvent(EventType(kind), rv, PublishedNodePlan.from_object(obj))
-        except self._stream_errors as exc:
-            raise self._error(f"watching NodePlan {node}", exc) from exc
+        except KubeAPIError as exc:
+            raise _plan_error(exc) from exc
         finally:
-            with contextlib.suppress(Exception):
-                resp.close()
-                resp.release_conn()
+            close = getattr(lines, "close", None)
+            if close is not None:
+                close()
 
     def get_shard(self, name: str) -> Mapping[str, Any] | None:
         try:
-            obj = self._call(
-                f"reading NodePlanShard {name}",
-                self._api.get_cluster_custom_object,
-                API_GROUP,
-                VERSION,
-                NODEPLANSHARDS,
-                name,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
+            obj = self._call("GET", KubeAPI.path("apis", API_GROUP, VERSION, NODEPLANSHARDS,
+                                                 name), f"reading NodePlanShard {name}")
         except PlanGone:
             return None
         spec: Mapping[str, Any] = obj.get("spec") or {}
         return spec
 
     def patch_status(self, node: str, status: Mapping[str, Any]) -> None:
-        self._call(
-            f"writing the status of NodePlan {node}",
-            self._api.patch_cluster_custom_object_status,
-            API_GROUP,
-            VERSION,
-            NODEPLANS,
-            node,
-            {"status": dict(status)},
-            _request_timeout=REQUEST_TIMEOUT,
-        )
+        self._call("PATCH", KubeAPI.path(*_PLANS, node, "status"),
+                   f"writing the status of NodePlan {node}", body={"status": dict(status)},
+                   content_type="application/merge-patch+json")
 
 
-def _lines(resp: Any) -> Iterator[str]:
-    """The lines of a streamed (chunked) HTTP response: one watch event per line."""
-    buffer = b""
-    for chunk in resp.stream(amt=None, decode_content=False):
-        buffer += chunk if isinstance(chunk, bytes) else str(chunk).encode()
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            yield line.decode("utf-8", errors="replace")
-    if buffer:
-        yield buffer.decode("utf-8", errors="replace")
+def _plan_error(exc: KubeAPIError) -> PlanSourceError:
+    if exc.status == 410:
+        return WatchExpired(str(exc))
+    if exc.status == 404:
+        return PlanGone(str(exc))
+    return PlanSourceError(str(exc))
 
 
 def kubernetes_plan_source(kubeconfig: Path | None = None) -> KubernetesPlanSource:
     """A PlanSource for the cluster named by `kubeconfig`; without one, the pod's service
     account when KUBERNETES_SERVICE_HOST is set, else $KUBECONFIG or ~/.kube/config.
     Raises PlanSourceError when none of these describes a cluster."""
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
     try:
-        if kubeconfig is not None:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=str(kubeconfig), client_configuration=cfg
-            )
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        else:
-            config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    except (config.ConfigException, OSError, ValueError, TypeError) as exc:
+        api = KubeAPI(load_credentials(kubeconfig))
+    except KubeConfigError as exc:
         where = str(kubeconfig) if kubeconfig else "in-cluster config, $KUBECONFIG, ~/.kube/config"
         raise PlanSourceError(f"no Kubernetes API to read plans from ({where}): {exc}") from exc
-    # One transparent retry (a pooled connection the server closed); beyond that the agent's
-    # own backoff decides when to ask again.
-    cfg.retries = 1
-    return KubernetesPlanSource(client.ApiClient(cfg))
+    return KubernetesPlanSource(api)
 
 
 # --------------------------------------------------------------------------- in-memory fake

@@ -14,6 +14,7 @@ pod's service account, else $KUBECONFIG or ~/.kube/config.
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import json
 import logging
@@ -49,6 +50,7 @@ from .cluster import (
 )
 from .ha import LeaseDriver, VIPKeeper
 from .health_monitor import HealthMonitor, apply_health
+from .kubeapi import KubeAPI, KubeAPIError
 from .reconcile import InSync, Kernel, ReconcileReport, reconcile
 from .state import AgentState, load_state, save_state
 from .vip_lease import KubernetesLeaseClient, VIPElection, lease_api_client, lease_identity
@@ -289,8 +291,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cluster_main(args: argparse.Namespace) -> int:
-    # The agent logs each change of the API's health once; urllib3 would log every retry.
-    logging.getLogger("urllib3").setLevel(logging.ERROR)
     state_path = args.state_dir / f"{args.node}.json"
     try:
         state = load_state(state_path)
@@ -375,7 +375,7 @@ def _lease_driver(args: argparse.Namespace, source: Any,
     a keeper for the VIPs on a netlink socket of its own (it runs on the driver's thread)."""
     from ..kernel.real_net import NetlinkAddresses
 
-    api = lease_api_client(source.api_client)
+    api = lease_api_client(source.api)
     election = VIPElection(
         lease_identity(args.node),
         # a request may take up to the renew deadline (cut at the deadline while holding), as
@@ -395,30 +395,29 @@ def _vrrp_driver(args: argparse.Namespace, source: Any) -> VRRPDriver:
     run_dir = args.state_dir / "keepalived" / args.node
     return VRRPDriver(KeepalivedSupervisor(run_dir, netns=args.netns), router_id=args.node,
                       addresses=NetlinkAddresses(args.netns),
-                      password_for=vrrp_password_reader(source.api_client))
+                      password_for=vrrp_password_reader(source.api))
 
 
-def vrrp_password_reader(api_client: Any) -> Callable[[str], str | None]:
+def vrrp_password_reader(api: KubeAPI) -> Callable[[str], str | None]:
     """spec.ha.vrrp.authSecretRef ("namespace/name") -> its key `password`; None when the
     Secret or the key does not exist; ValueError (a pass failure) when it cannot be read."""
-    import base64
-
-    from kubernetes import client
 
     def read(ref: str) -> str | None:
         namespace, name = ref.split("/", 1)
+        doing = f"cannot read Secret {ref} (spec.ha.vrrp.authSecretRef)"
         try:
-            secret = client.CoreV1Api(api_client).read_namespaced_secret(
-                name, namespace, _request_timeout=5)
-        except client.ApiException as exc:
+            secret = api.call("GET", KubeAPI.path("api", "v1", "namespaces", namespace,
+                                                  "secrets", name), doing=doing, timeout=5.0)
+        except KubeAPIError as exc:
             if exc.status == 404:
                 return None
-            raise ValueError(
-                f"cannot read Secret {ref} (spec.ha.vrrp.authSecretRef): {exc.status} "
-                f"{exc.reason}; grant the agent's ServiceAccount `get` on it with a Role in "
-                f"namespace {namespace} (Helm: --set agent.vrrpAuthSecrets.{namespace}"
-                f"={{{name}}})") from None
-        data = (secret.data or {}).get("password")
+            grant = ""
+            if exc.status in (401, 403):
+                grant = (f"; grant the agent's ServiceAccount `get` on it with a Role in "
+                         f"namespace {namespace} (Helm: --set agent.vrrpAuthSecrets."
+                         f"{namespace}={{{name}}})")
+            raise ValueError(f"{exc}{grant}") from None
+        data = (secret.get("data") or {}).get("password") if isinstance(secret, dict) else None
         return base64.b64decode(data).decode() if data else None
 
     return read

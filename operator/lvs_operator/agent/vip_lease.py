@@ -45,9 +45,7 @@ Timing and safety (defaults: lease 2 s, renew deadline 1.5 s, retry period 0.5 s
 
 from __future__ import annotations
 
-import copy
 import enum
-import json
 import random
 import secrets
 import time
@@ -64,7 +62,7 @@ from ..coordination.lease import (
     LeaseError,
     check_timings,
 )
-from .cluster import _api_message
+from .kubeapi import KubeAPI, KubeAPIError
 
 __all__ = [
     "BoundedLeaseClient",
@@ -364,37 +362,27 @@ class VIPElection:
 # --------------------------------------------------------------------------- kubernetes client
 
 
-def lease_api_client(api_client: Any) -> Any:
-    """A kubernetes ApiClient for Lease requests: the same cluster and credentials as
-    `api_client`, without transparent retries (a retry would restart the request's timeout
-    and overrun the renew deadline; the election retries by itself)."""
-    from kubernetes import client
-
-    cfg = copy.deepcopy(api_client.configuration)
-    cfg.retries = 0
-    return client.ApiClient(cfg)
+def lease_api_client(api: KubeAPI) -> KubeAPI:
+    """The agent's API client for Lease requests: the same cluster and credentials, without
+    a second try on a stale connection (it would restart the request's timeout and overrun
+    the renew deadline; the election retries by itself)."""
+    return api.sibling(retry_stale=False)
 
 
 class KubernetesLeaseClient:
-    """LeaseClient (and BoundedLeaseClient) for one Lease over the kubernetes client's
-    ApiClient, as JSON (no typed models: what is read is written back whole). Every request
-    times out after `timeout` seconds in all (connect and read), or at the bound; 404 on read
-    is None, 409 is LeaseConflict, anything else (HTTP errors, timeouts, refused
-    connections) LeaseError. Pass an ApiClient from `lease_api_client()`."""
+    """LeaseClient (and BoundedLeaseClient) for one Lease over the agent's API client, as
+    JSON (no typed models: what is read is written back whole). Every request times out after
+    `timeout` seconds (connect, then each read), or at the bound; 404 on read is None, 409 is
+    LeaseConflict, anything else (HTTP errors, timeouts, refused connections) LeaseError.
+    Pass a client from `lease_api_client()`."""
 
-    def __init__(self, api_client: Any, namespace: str, name: str, *,
+    def __init__(self, api: KubeAPI, namespace: str, name: str, *,
                  timeout: float = REQUEST_TIMEOUT,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        import urllib3
-        from kubernetes import client
-
-        self._api_client = api_client
+        self._api = api
         self.namespace, self.name, self.timeout = namespace, name, timeout
         self._clock = clock
         self._deadline: float | None = None
-        self._errors: tuple[type[Exception], ...] = (
-            client.ApiException, urllib3.exceptions.HTTPError, OSError)
-        self._base = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
     def describe(self) -> str:
         return f"{self.namespace}/{self.name}"
@@ -410,32 +398,25 @@ class KubernetesLeaseClient:
 
     def _call(self, method: str, doing: str, *, named: bool,
               body: Mapping[str, Any] | None = None) -> tuple[int, dict[str, Any] | None, str]:
-        path = self._base + ("/{name}" if named else "")
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
+        segments = ["apis", "coordination.k8s.io", "v1", "namespaces", self.namespace, "leases"]
+        path = KubeAPI.path(*segments, *([self.name] if named else []))
         try:
-            request = self._api_client.param_serialize(
-                method, path,
-                path_params={"namespace": self.namespace, **({"name": self.name} if named else {})},
-                header_params=headers, body=dict(body) if body is not None else None,
-                auth_settings=["BearerToken"])
-            response = self._api_client.call_api(*request,
-                                                 _request_timeout=self.request_timeout())
-            response.read()
-            status, raw = int(response.status), response.data
-        except self._errors as exc:
-            raise LeaseError(f"{doing}: {type(exc).__name__}: {exc}") from exc
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw or "")
+            response = self._api.request(method, path, doing=doing,
+                                         body=dict(body) if body is not None else None,
+                                         timeout=self.request_timeout())
+        except KubeAPIError as exc:
+            raise LeaseError(str(exc)) from exc
+        status = response.status
         if 200 <= status <= 299:
             try:
-                obj = json.loads(text)
+                obj = response.json()
             except ValueError as exc:
-                raise LeaseError(f"{doing}: HTTP {status}: not JSON: {text[:200]}") from exc
+                raise LeaseError(f"{doing}: HTTP {status}: not JSON: "
+                                 f"{response.body[:200]!r}") from exc
             if not isinstance(obj, dict):
                 raise LeaseError(f"{doing}: HTTP {status}: not an object")
             return status, obj, ""
-        return status, None, f"{doing}: HTTP {status}: {_api_message(text) or response.reason}"
+        return status, None, f"{doing}: HTTP {status}: {response.message()}"
 
     def get(self) -> dict[str, Any] | None:
         status, obj, error = self._call("GET", f"reading Lease {self.describe()}", named=True)
