@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ._image import VmImage, log, prepare, static_busybox
+from ._image import VmImage, byte_compile_project, log, prepare, static_busybox
 
 GUEST_DIR = "/run/lvs-vm"  # where init.sh mounts the shares and helpers, inside the guest
 GUEST_OUTDIR = f"{GUEST_DIR}/out"
@@ -254,6 +254,7 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: f
             raise ValueError(f"the guest has its own {own}; run from a directory it can see "
                              f"(not {cwd})")
     image = prepare()
+    byte_compile_project()
     nonce = secrets.token_hex(8)
     out = stdout or sys.stdout.buffer
     with tempfile.TemporaryDirectory(prefix="lvs-vm-") as tmp:
