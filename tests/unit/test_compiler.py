@@ -19,7 +19,7 @@ from lvs_operator.compiler.plan import (
 )
 from lvs_operator.compiler.render import ipvsadm_save
 
-from .builders import cluster, endpoint_slice, ep, node, objects, rs, service, vs
+from .builders import DIRECTOR_LABELS, cluster, endpoint_slice, ep, node, objects, rs, service, vs
 
 ALL_SCHEDULERS = ["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo",
                   "ovf"]
@@ -533,6 +533,41 @@ def test_mending_the_older_owner_clears_the_younger_ones_warning_incrementally()
     c.delete(http.ref)  # the older owner gone: dns's settings are the VIP's, nothing to say
     assert dns in c.take_changed_refs()
     assert not c.issues() and c.plan("dir-1").director.vips[0].owners == ("default/dns",)
+
+
+def test_a_named_ha_group_spans_vips_and_namespaces():
+    ha = {"mode": "Lease", "group": "edge"}
+    result = compile_cluster(cluster(
+        vs("a", "192.0.2.1", ha=ha), vs("b", "192.0.2.2", ha=ha, namespace="shop",
+                                         selector={"app": "a"}),
+        vs("c", "192.0.2.3", ha={"mode": "Lease"}, selector={"app": "a"}),
+        rs("r", "198.51.100.1", app="a")))
+    assert not result.issues
+    groups = {v.address: v.ha.group for v in result.plans["dir-1"].director.vips}
+    assert groups == {"192.0.2.1": "lvs-ha-g-edge", "192.0.2.2": "lvs-ha-g-edge",
+                      "192.0.2.3": "lvs-ha-192.0.2.3"}
+
+
+def test_group_members_disagreeing_on_settings_or_directors_are_told():
+    older = vs("a", "192.0.2.1", created="2026-01-01T00:00:00Z",
+               ha={"mode": "Lease", "group": "edge"})
+    timings = vs("b", "192.0.2.2", created="2026-02-01T00:00:00Z", selector={"app": "a"},
+                 ha={"mode": "Lease", "group": "edge", "lease": {"durationSeconds": 5}})
+    elsewhere = vs("c", "192.0.2.3", created="2026-03-01T00:00:00Z", selector={"app": "a"},
+                   ha={"mode": "Lease", "group": "edge"},
+                   directors={"nodeSelector": {"matchLabels": {"zone": "b"}}})
+    docs = cluster(older, timings, elsewhere, node("dir-2", zone="b", **DIRECTOR_LABELS),
+                   rs("r", "198.51.100.1", app="a"))
+    result = compile_cluster(docs)
+    [mismatch] = issues_of(result, "VirtualService", "b")
+    assert (mismatch.reason, mismatch.field, mismatch.severity) == ("HAMismatch", "spec.ha",
+                                                                    "Warning")
+    assert "HA group edge is also VirtualService default/a (older, VIP 192.0.2.1)" in \
+        mismatch.message and "lease: 5 s" in mismatch.message
+    [apart] = issues_of(result, "VirtualService", "c")
+    assert (apart.reason, apart.field) == ("HAGroupDirectorsMismatch", "spec.ha.group")
+    assert "[dir-2]" in apart.message and "[dir-1, dir-2]" in apart.message
+    assert not issues_of(result, "VirtualService", "a")
 
 
 # --------------------------------------------------------------------------- conflicts

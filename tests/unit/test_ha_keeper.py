@@ -10,13 +10,14 @@ import dataclasses
 import pytest
 
 from lvs_operator.agent.cache import CachingKernel
-from lvs_operator.agent.ha import LIFETIME_MARGIN, LeaseDriver, VIPKeeper
+from lvs_operator.agent.ha import LIFETIME_MARGIN, LeaseDriver, VIPKeeper, lease_groups
 from lvs_operator.agent.reconcile import Kernel, reconcile
 from lvs_operator.agent.state import AgentState
 from lvs_operator.agent.vip_lease import VIPElection
 from lvs_operator.compiler.plan import NodePlan
 from lvs_operator.kernel.fake import FakeAddresses
 
+from .builders import rs, vs
 from .test_reconcile import fake_kernel, plans, web
 from .test_vip_lease import NS, Server
 from .test_vip_lease import Clock as LeaseClock
@@ -205,3 +206,70 @@ def test_a_holder_cut_off_from_the_api_keeps_its_vip_to_the_bound_then_drops_it(
     # without the late extension it would go 1 s after the refresh that followed `renewed`
     assert gone - renewed >= 1.5 - 0.2, "the VIP went long before the renew deadline"
     assert gone - renewed <= 1.5 + 0.1
+
+
+def _grouped_lab(group: str | None, vips: int) -> tuple[LeaseClock, Server, dict[str, Director],
+                                                         list[str]]:
+    """`vips` VirtualServices on VIPs 192.0.2.1.. (one real server each), all in
+    spec.ha.group `group` (None: each VIP its own group, the default)."""
+    ha: dict = {"mode": "Lease", **({"group": group} if group else {})}
+    docs = []
+    addresses = [f"192.0.2.{i}" for i in range(1, vips + 1)]
+    for i, address in enumerate(addresses):
+        docs += [vs(f"web-{i}", address, ha=ha, selector={"app": f"web-{i}"}),
+                 rs(f"r{i}", f"198.51.100.{i + 1}", app=f"web-{i}")]
+    plan = plans(*docs)
+    clock = LeaseClock()
+    server = Server(clock)
+    return clock, server, {n: Director(n, server, clock, plan) for n in ("dir-a", "dir-b")}, \
+        addresses
+
+
+def _held(director: Director, addresses: list[str]) -> set[str]:
+    return {a.address for a in director.addresses.list()} & set(addresses)
+
+
+def test_a_named_group_is_one_election_for_all_its_vips_and_moves_together() -> None:
+    clock, server, directors, addresses = _grouped_lab("edge", 40)
+    run(clock, directors, 1.0)
+    a, b = directors.values()
+    holder, standby = (a, b) if _held(a, addresses) else (b, a)
+    assert _held(holder, addresses) == set(addresses) and not _held(standby, addresses)
+    assert {name for _, name in server.leases} == {"lvs-ha-g-edge"}
+    calls = len(server.calls)
+    run(clock, directors, 10.0)
+    grouped = len(server.calls) - calls
+    assert grouped <= 2 * 2 * 10 / 0.5 + 4  # two directors, one Lease, every retry period
+
+    holder.alive = False  # killed: every VIP of the group goes to the standby at once
+    for _ in range(int(4.0 / 0.05)):
+        clock.advance(0.05)
+        standby.tick()
+        held = _held(standby, addresses)
+        assert held in (set(), set(addresses)), "a group moves whole"
+    assert _held(standby, addresses) == set(addresses)
+
+    # Beside it, the same VIPs each in a group of their own: one Lease each.
+    clock, server, directors, addresses = _grouped_lab(None, 40)
+    run(clock, directors, 1.0)
+    calls = len(server.calls)
+    run(clock, directors, 10.0)
+    assert len(server.calls) - calls >= 30 * grouped
+    assert len(server.leases) == 40
+
+
+def test_a_group_is_held_only_where_every_vip_of_it_can_be_served() -> None:
+    plan = plans(vs("a", "192.0.2.1", ha={"mode": "Lease", "group": "edge"}),
+                 vs("b", "192.0.2.2", ha={"mode": "Lease", "group": "edge"},
+                    selector={"app": "a"}),
+                 vs("c", "192.0.2.3", ha={"mode": "Lease"}, selector={"app": "a"}),
+                 rs("r", "198.51.100.1", app="a"))
+    [own, edge] = sorted(lease_groups(plan, NS), key=lambda g: g.name)
+    assert (edge.name, edge.lease_name) == ("lvs-ha-g-edge", "lvs-ha-g-edge")
+    assert edge.virtual_services == ("default/a", "default/b")
+    assert own.name == "lvs-ha-192.0.2.3" and own.virtual_services == ("default/c",)
+    down = {"192.0.2.2": "device eth1 of VIP 192.0.2.2 is down or has no carrier"}
+    [own, edge] = sorted(lease_groups(plan, NS, lambda v: down.get(v.address, "")),
+                         key=lambda g: g.name)
+    assert not edge.can_hold and edge.why_not == down["192.0.2.2"]
+    assert own.can_hold

@@ -44,19 +44,25 @@ LIFETIME_MARGIN = 0.5
 
 def lease_groups(plan: NodePlan, namespace: str,
                  can_hold: Callable[[VIPAddress], str] = lambda vip: "") -> list[HAGroup]:
-    """The HA groups this director competes in: one per Lease-mode VIP of its plan.
-    `can_hold(vip)` says why this node cannot serve the VIP now ("" when it can)."""
-    out = []
+    """The HA groups this director competes in: one per Lease-mode group of its plan's VIPs
+    (a VIP of its own, or a named spec.ha.group of several, which fail over together).
+    `can_hold(vip)` says why this node cannot serve the VIP now ("" when it can); a group is
+    held only where every VIP of it can be served. A group's timings are those of its first
+    VIP (the compiler warns members that disagree)."""
+    members: dict[str, list[VIPAddress]] = {}
     for vip in plan.director.vips:
-        ha = vip.ha
-        if ha is None or ha.mode != "Lease":
-            continue
-        why_not = can_hold(vip)
+        if vip.ha is not None and vip.ha.mode == "Lease":
+            members.setdefault(vip.ha.group, []).append(vip)
+    out = []
+    for name, vips in members.items():
+        ha = vips[0].ha
+        assert ha is not None
+        why_not = "; ".join(w for w in (can_hold(v) for v in vips) if w)
         out.append(HAGroup(
-            name=ha.group,
+            name=name,
             lease_namespace=namespace,
-            lease_name=ha.group,
-            virtual_services=vip.owners,
+            lease_name=name,
+            virtual_services=tuple(sorted({o for v in vips for o in v.owners})),
             can_hold=not why_not,
             why_not=why_not,
             lease_duration=ha.lease_duration,
@@ -76,7 +82,7 @@ class VIPKeeper:
 
     def __init__(self, addresses: Addresses) -> None:
         self._addresses = addresses
-        self._vips: dict[str, list[VIPAddress]] = {}  # group -> its VIPs (one, in practice)
+        self._vips: dict[str, list[VIPAddress]] = {}  # group -> its VIPs
         self._links: dict[str, bool] = {}  # device -> link_up, read once per round
 
     def new_round(self) -> None:

@@ -81,6 +81,7 @@ GROUP_ANNOTATION = f"{API_GROUP}/ha-group"
 SERVICES_ANNOTATION = f"{API_GROUP}/virtual-services"
 REQUEST_TIMEOUT = 1.0  # seconds, whole request (connect + read); also cut at the renew deadline
 MIN_TIMEOUT = 0.05  # a bounded request still gets this long
+ANNOTATED_SERVICES = 20  # VirtualServices named in a Lease's annotation
 _PROCESS_TOKEN = secrets.token_hex(4)
 
 
@@ -94,10 +95,11 @@ def lease_identity(node: str) -> str:
 
 @dataclass(frozen=True)
 class HAGroup:
-    """One HA group this node competes in: a VIP that one director at a time may hold.
+    """One HA group this node competes in: VIPs (one, or a named spec.ha.group) that one
+    director at a time may hold.
 
-    `can_hold` is the agent's judgement that this node can serve the VIP right now (False,
-    with a short `why_not`, e.g. when the VIP's interface has no carrier)."""
+    `can_hold` is the agent's judgement that this node can serve them right now (False,
+    with a short `why_not`, e.g. when a VIP's interface has no carrier)."""
 
     name: str
     lease_namespace: str
@@ -126,7 +128,15 @@ class HAGroup:
     def metadata(self) -> dict[str, dict[str, str]]:
         return {"labels": dict(MANAGED_BY),
                 "annotations": {GROUP_ANNOTATION: self.name,
-                                SERVICES_ANNOTATION: ",".join(sorted(self.virtual_services))}}
+                                SERVICES_ANNOTATION: services_annotation(self.virtual_services)}}
+
+
+def services_annotation(names: Iterable[str], limit: int = ANNOTATED_SERVICES) -> str:
+    """The group's VirtualServices for a person reading the Lease: the first `limit`, then
+    how many more (a group of thousands would pass the API's 256 KiB annotation limit)."""
+    ordered = sorted(names)
+    text = ",".join(ordered[:limit])
+    return text + (f",... ({len(ordered) - limit} more)" if len(ordered) > limit else "")
 
 
 class TransitionKind(enum.StrEnum):

@@ -585,9 +585,16 @@ class ConnectionSync:
 
 @dataclass(frozen=True, slots=True)
 class HighAvailability:
-    """Director failover (behaviour arrives with the HA work; the schema is settled now)."""
+    """Director failover: which director holds the VIP, and how the others take over."""
 
     mode: HAMode = field("None, Lease (default when set) or VRRP.", default=HAMode.LEASE)
+    group: str | None = field(
+        "Fail over together with every VIP naming this group: one Lease (or one keepalived "
+        "vrrp_instance) for all of them instead of one per VIP. Use it for many VIPs on the "
+        "same directors: each Lease costs every director API requests each retry period.",
+        max_length=50,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    )
     lease: LeaseSettings | None = field("Lease mode settings.")
     vrrp: VRRPSettings | None = field("VRRP mode settings.")
     connection_sync: ConnectionSync | None = field("IPVS connection synchronisation.")
@@ -604,6 +611,12 @@ class HighAvailability:
             message="ha.lease is only for mode Lease",
             check=lambda s: s.mode is HAMode.LEASE or s.lease is None,
             field_path=".lease",
+        ),
+        Rule(
+            cel="self.mode != 'None' || !has(self.group)",
+            message="ha.group is for mode Lease or VRRP; remove it or pick a mode",
+            check=lambda s: s.mode is not HAMode.NONE or s.group is None,
+            field_path=".group",
         ),
     )
 

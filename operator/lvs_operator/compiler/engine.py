@@ -33,6 +33,7 @@ from .fragment import (
     compile_virtual_service,
     describe_ha,
     digest_endpoint_slice,
+    ha_lease_name,
 )
 from .nodeplan import NodeAggregate
 from .plan import (
@@ -80,8 +81,9 @@ class Compiler:
         self._dirty_nodes: set[str] = set()
         self._changed_nodes: set[str] = set()
         self._changed_refs: set[ObjectRef] = set()
-        # VIP address -> VirtualServices compiled with it (they must agree on spec.ha)
-        self._by_vip: dict[str, set[ObjectRef]] = defaultdict(set)
+        # ("vip", address) / ("group", HA group) -> the VirtualServices compiled with it:
+        # sharers of a VIP, and members of a named spec.ha.group, must agree on spec.ha
+        self._shared: dict[tuple[str, str], set[ObjectRef]] = defaultdict(set)
 
     # ----------------------------------------------------------------- ClusterView protocol
 
@@ -194,7 +196,7 @@ class Compiler:
         if not self._dirty_vs and not self._dirty_nodes:
             return
         touched_keys: set[tuple[object, ...]] = set()
-        touched_vips: set[str] = set()
+        touched_shared: set[tuple[str, str]] = set()
         changed: set[ObjectRef] = set()
         for ref in self._dirty_vs:
             old = self._fragments.pop(ref, None)
@@ -203,9 +205,7 @@ class Compiler:
                     self._claims[key].discard(ref)
                 touched_keys.update(old.claims)
                 self._detach(old)
-                self._index_vip(old, ref, -1)
-                if old.vip is not None:
-                    touched_vips.add(old.vip.address)
+                touched_shared.update(self._index_shared(old, ref, -1))
             vs = self._vs.get(ref)
             if vs is None:
                 self._active.discard(ref)
@@ -213,9 +213,7 @@ class Compiler:
                 continue
             frag = compile_virtual_service(vs, self)
             self._fragments[ref] = frag
-            self._index_vip(frag, ref, +1)
-            if frag.vip is not None:
-                touched_vips.add(frag.vip.address)
+            touched_shared.update(self._index_shared(frag, ref, +1))
             if frag.ok:
                 for key in frag.claims:
                     self._claims[key].add(ref)
@@ -250,23 +248,26 @@ class Compiler:
                         to_attach.append(current)
         for frag in to_attach:
             self._attach(frag)
-        # The VIP's other owners: whether they agree on spec.ha may have changed.
-        for address in touched_vips:
-            self._changed_refs |= self._by_vip.get(address, set())
+        # The VIP's other owners and the group's other members: whether they agree on
+        # spec.ha may have changed.
+        for key in touched_shared:
+            self._changed_refs |= self._shared.get(key, set())
         for node in self._dirty_nodes:
             self._changed_nodes.add(node)
         self._dirty_nodes = set()
 
-    def _index_vip(self, frag: Fragment, ref: ObjectRef, sign: int) -> None:
-        if frag.vip is None:
-            return
-        owners = self._by_vip[frag.vip.address]
-        if sign > 0:
-            owners.add(ref)
-        else:
-            owners.discard(ref)
-            if not owners:
-                del self._by_vip[frag.vip.address]
+    def _index_shared(self, frag: Fragment, ref: ObjectRef,
+                      sign: int) -> list[tuple[str, str]]:
+        keys = _shared_keys(frag)
+        for key in keys:
+            owners = self._shared[key]
+            if sign > 0:
+                owners.add(ref)
+            else:
+                owners.discard(ref)
+                if not owners:
+                    del self._shared[key]
+        return keys
 
     def _winner(self, key: tuple[object, ...]) -> ObjectRef | None:
         holders = self._claims.get(key)
@@ -347,10 +348,11 @@ class Compiler:
                                 "Warning",
                             )
                         )
-        for refs in self._by_vip.values():
+        for (kind, _), refs in self._shared.items():
             if len(refs) > 1:
-                for issue in _vip_disagreements([self._fragments[r] for r in refs
-                                                  if r in self._active]):
+                active = [self._fragments[r] for r in refs if r in self._active]
+                check = _vip_disagreements if kind == "vip" else _group_disagreements
+                for issue in check(active):
                     found[issue.ref].append(issue)
         return {ref: tuple(dict.fromkeys(v)) for ref, v in sorted(found.items())}
 
@@ -379,6 +381,55 @@ def _conflict(frag: Fragment, key: tuple[object, ...], winner: ObjectRef) -> Iss
         "programmed until the conflict is resolved: change its address, port or mark",
         frag.claim_fields.get(key, ""),
     )
+
+
+def _shared_keys(frag: Fragment) -> list[tuple[str, str]]:
+    if frag.vip is None:
+        return []
+    keys = [("vip", frag.vip.address)]
+    if frag.vip.ha is not None and frag.vip.ha.group != ha_lease_name(frag.vip.address):
+        keys.append(("group", frag.vip.ha.group))
+    return keys
+
+
+def _group_disagreements(frags: list[Fragment]) -> Iterator[Issue]:
+    """Members of one named spec.ha.group share one Lease (or vrrp_instance): the same
+    settings, and the same directors, or a VIP on a director the holder is not has no holder.
+    Members sharing the oldest one's VIP are the VIP check's to judge."""
+    frags = sorted((f for f in frags if f.vip is not None and f.vip.ha is not None),
+                   key=lambda f: f.order)
+    if len(frags) < 2:
+        return
+    first = frags[0]
+    assert first.vip is not None and first.vip.ha is not None
+    name = first.vip.ha.group.removeprefix("lvs-ha-g-")
+    for other in frags[1:]:
+        assert other.vip is not None and other.vip.ha is not None
+        if other.vip.address == first.vip.address:
+            continue
+        if other.vip.ha != first.vip.ha:
+            yield Issue(
+                other.ref,
+                "HAMismatch",
+                f"HA group {name} is also {first.ref} (older, VIP {first.vip.address}), which "
+                f"asks for ha {describe_ha(first.vip.ha)}; this one asks for "
+                f"{describe_ha(other.vip.ha)}. A group has one election, so its members must "
+                "agree; give every member the same spec.ha",
+                "spec.ha",
+                "Warning",
+            )
+        if other.directors != first.directors:
+            yield Issue(
+                other.ref,
+                "HAGroupDirectorsMismatch",
+                f"HA group {name}: this VirtualService's VIP is on directors "
+                f"[{', '.join(other.directors)}], the group's oldest member {first.ref} on "
+                f"[{', '.join(first.directors)}]. One director holds the whole group, so a VIP "
+                "on a director that is not the holder has no holder; select the same directors "
+                "(spec.directors.nodeSelector) or use another group",
+                "spec.ha.group",
+                "Warning",
+            )
 
 
 def _vip_disagreements(frags: list[Fragment]) -> Iterator[Issue]:

@@ -56,6 +56,7 @@ __all__ = [
     "compile_virtual_service",
     "describe_ha",
     "digest_endpoint_slice",
+    "ha_group_name",
 ]
 
 # Kernel flag bit order (IP_VS_SVC_F_SCHED1/2): ipvsadm prints them in this order.
@@ -599,6 +600,13 @@ def ha_lease_name(vip: str) -> str:
     return f"lvs-ha-{text}"
 
 
+def ha_group_name(vip: str, group: str | None) -> str:
+    """The HA group a VIP is in, which is also its Lease's name: `lvs-ha-g-<group>` for a
+    named spec.ha.group (cluster-wide: VirtualServices in any namespace naming it fail over
+    together), else the VIP's own group (`ha_lease_name`)."""
+    return f"lvs-ha-g-{group}" if group else ha_lease_name(vip)
+
+
 def describe_ha(ha: HighAvailabilityPlan | None) -> str:
     """spec.ha in a user's words, for messages: `{mode: None}`, `{mode: Lease, lease: 2 s /
     1500 ms / 500 ms, connectionSync: syncID 0}`, `{mode: VRRP, virtualRouterID: 51, ...}`."""
@@ -618,7 +626,9 @@ def describe_ha(ha: HighAvailabilityPlan | None) -> str:
     sync = "off"
     if ha.sync:
         sync = f"syncID {ha.sync_id}" + (f" on {ha.sync_interface}" if ha.sync_interface else "")
-    return f"{{mode: {ha.mode}, {detail}, connectionSync: {sync}}}"
+    group = ha.group.removeprefix("lvs-ha-g-") if ha.group.startswith("lvs-ha-g-") else ""
+    named = f", group: {group}" if group else ""
+    return f"{{mode: {ha.mode}{named}, {detail}, connectionSync: {sync}}}"
 
 
 def _ha_plan(vs: VirtualService, vip: str) -> HighAvailabilityPlan | None:
@@ -634,7 +644,7 @@ def _ha_plan(vs: VirtualService, vip: str) -> HighAvailabilityPlan | None:
         secret = f"{vs.ref.namespace}/{v.auth_secret_ref}" if v.auth_secret_ref else ""
         return HighAvailabilityPlan(
             mode=ha.mode.value,
-            group=ha_lease_name(vip),
+            group=ha_group_name(vip, ha.group),
             virtual_router_id=v.virtual_router_id,
             priority=v.priority,
             advert_interval=v.advert_interval_seconds,
@@ -647,7 +657,7 @@ def _ha_plan(vs: VirtualService, vip: str) -> HighAvailabilityPlan | None:
     lease = ha.lease
     return HighAvailabilityPlan(
         mode=ha.mode.value,
-        group=ha_lease_name(vip),
+        group=ha_group_name(vip, ha.group),
         lease_duration=lease.duration_seconds if lease is not None else LEASE_DEFAULTS[0],
         renew_deadline=(lease.renew_deadline_milliseconds if lease is not None
                         else LEASE_DEFAULTS[1]) / 1000,
