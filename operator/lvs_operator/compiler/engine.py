@@ -38,6 +38,7 @@ from .fragment import (
 from .nodeplan import NodeAggregate
 from .plan import (
     NodePlan,
+    VIPAddress,
 )
 
 __all__ = ["CompileResult", "Compiler", "compile_cluster"]
@@ -392,44 +393,42 @@ def _shared_keys(frag: Fragment) -> list[tuple[str, str]]:
     return keys
 
 
+def _oldest_first(frags: list[Fragment]) -> list[tuple[VIPAddress, Fragment, VIPAddress]]:
+    """(the oldest one's VIP entry, another, its VIP entry) for each younger fragment."""
+    ordered = sorted((f for f in frags if f.vip is not None), key=lambda f: f.order)
+    return [(ordered[0].vip, f, f.vip) for f in ordered[1:]
+            if ordered[0].vip is not None and f.vip is not None]
+
+
+def _warning(frag: Fragment, reason: str, field: str, message: str) -> Issue:
+    return Issue(frag.ref, reason, message, field, "Warning")
+
+
 def _group_disagreements(frags: list[Fragment]) -> Iterator[Issue]:
     """Members of one named spec.ha.group share one Lease (or vrrp_instance): the same
     settings, and the same directors, or a VIP on a director the holder is not has no holder.
     Members sharing the oldest one's VIP are the VIP check's to judge."""
-    frags = sorted((f for f in frags if f.vip is not None and f.vip.ha is not None),
-                   key=lambda f: f.order)
-    if len(frags) < 2:
-        return
-    first = frags[0]
-    assert first.vip is not None and first.vip.ha is not None
-    name = first.vip.ha.group.removeprefix("lvs-ha-g-")
-    for other in frags[1:]:
-        assert other.vip is not None and other.vip.ha is not None
-        if other.vip.address == first.vip.address:
+    members = [f for f in frags if f.vip is not None and f.vip.ha is not None]
+    first = min(members, key=lambda f: f.order, default=None)
+    for vip, other, own in _oldest_first(members):
+        assert first is not None and vip.ha is not None
+        name = vip.ha.group.removeprefix("lvs-ha-g-")
+        if own.address == vip.address:
             continue
-        if other.vip.ha != first.vip.ha:
-            yield Issue(
-                other.ref,
-                "HAMismatch",
-                f"HA group {name} is also {first.ref} (older, VIP {first.vip.address}), which "
-                f"asks for ha {describe_ha(first.vip.ha)}; this one asks for "
-                f"{describe_ha(other.vip.ha)}. A group has one election, so its members must "
-                "agree; give every member the same spec.ha",
-                "spec.ha",
-                "Warning",
-            )
+        if own.ha != vip.ha:
+            yield _warning(other, "HAMismatch", "spec.ha",
+                           f"HA group {name} is also {first.ref} (older, VIP {vip.address}), "
+                           f"which asks for ha {describe_ha(vip.ha)}; this one asks for "
+                           f"{describe_ha(own.ha)}. A group has one election, so its members "
+                           "must agree; give every member the same spec.ha")
         if other.directors != first.directors:
-            yield Issue(
-                other.ref,
-                "HAGroupDirectorsMismatch",
-                f"HA group {name}: this VirtualService's VIP is on directors "
-                f"[{', '.join(other.directors)}], the group's oldest member {first.ref} on "
-                f"[{', '.join(first.directors)}]. One director holds the whole group, so a VIP "
-                "on a director that is not the holder has no holder; select the same directors "
-                "(spec.directors.nodeSelector) or use another group",
-                "spec.ha.group",
-                "Warning",
-            )
+            yield _warning(other, "HAGroupDirectorsMismatch", "spec.ha.group",
+                           f"HA group {name}: this VirtualService's VIP is on directors "
+                           f"[{', '.join(other.directors)}], the group's oldest member "
+                           f"{first.ref} on [{', '.join(first.directors)}]. One director holds "
+                           "the whole group, so a VIP on a director that is not the holder has "
+                           "no holder; select the same directors (spec.directors.nodeSelector) "
+                           "or use another group")
 
 
 def _vip_disagreements(frags: list[Fragment]) -> Iterator[Issue]:
@@ -437,35 +436,22 @@ def _vip_disagreements(frags: list[Fragment]) -> Iterator[Issue]:
     asks otherwise than the oldest is told so. Where both are programmed on one director the
     oldest one's settings are used (NodeAggregate), so the younger is Degraded, not refused:
     editing one object must not take another's service off the kernel."""
-    frags = sorted((f for f in frags if f.vip is not None), key=lambda f: f.order)
-    if len(frags) < 2:
-        return
-    first = frags[0]
-    assert first.vip is not None
-    for other in frags[1:]:
-        assert other.vip is not None
-        if other.vip.ha != first.vip.ha:
-            yield Issue(
-                other.ref,
-                "HAMismatch",
-                f"VIP {first.vip.address} is shared with {first.ref} (older), which asks for "
-                f"ha {describe_ha(first.vip.ha)}; this one asks for {describe_ha(other.vip.ha)}. "
-                "VirtualServices sharing a VIP fail over together, so on directors they share "
-                f"{first.ref}'s settings are used; give both the same spec.ha",
-                "spec.ha",
-                "Warning",
-            )
-        if other.vip.interface != first.vip.interface:
-            yield Issue(
-                other.ref,
-                "InterfaceMismatch",
-                f"VIP {first.vip.address} is shared with {first.ref} (older), which puts it on "
-                f"{first.vip.interface or 'the route device'}; this one asks for "
-                f"{other.vip.interface or 'the route device'}. On directors they share the older "
-                "one's device is used; give both the same spec.directors.interface",
-                "spec.directors.interface",
-                "Warning",
-            )
+    first = min((f for f in frags if f.vip is not None), key=lambda f: f.order, default=None)
+    for vip, other, own in _oldest_first(frags):
+        assert first is not None
+        shared = f"VIP {vip.address} is shared with {first.ref} (older), which"
+        if own.ha != vip.ha:
+            yield _warning(other, "HAMismatch", "spec.ha",
+                           f"{shared} asks for ha {describe_ha(vip.ha)}; this one asks for "
+                           f"{describe_ha(own.ha)}. VirtualServices sharing a VIP fail over "
+                           f"together, so on directors they share {first.ref}'s settings are "
+                           "used; give both the same spec.ha")
+        if own.interface != vip.interface:
+            yield _warning(other, "InterfaceMismatch", "spec.directors.interface",
+                           f"{shared} puts it on {vip.interface or 'the route device'}; this "
+                           f"one asks for {own.interface or 'the route device'}. On directors "
+                           "they share the older one's device is used; give both the same "
+                           "spec.directors.interface")
 
 
 def compile_cluster(
