@@ -7,7 +7,8 @@ Ethernet segment, 203.0.113.0/24:
     client .2 --+-- director ha-a .3 --+-- rs1 .11, rs2 .12 (VIP on lo)
                 +-- director ha-b .4 --+
 
-The VirtualService asks for `ha: {mode: Lease, connectionSync: {enabled: true}}` with timings
+The VirtualService asks for `ha: {mode: Lease, group: ha-e2e, connectionSync: {enabled: true}}`
+(a named group: its Lease is lvs-ha-g-ha-e2e) with timings
 an emulated guest sustains (hasite.LEASE; the defaults are measured at hardware speed by
 bench/ha_lease_host.py). In each scenario the client side runs three witnesses while the
 active director is taken away:
