@@ -371,10 +371,6 @@ class KubeAPI:
         finally:
             conn.close()
 
-    def close(self) -> None:
-        """Close this thread's kept connection (others close with their threads' objects)."""
-        self._drop()
-
     # ---- connections
 
     def _headers(self, doing: str, has_body: bool, content_type: str) -> dict[str, str]:

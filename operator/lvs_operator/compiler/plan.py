@@ -175,8 +175,8 @@ def health_path_service(path: HealthPath, mark: int) -> IPVSService:
 
 class HighAvailabilityPlan(NamedTuple):
     """How the directors of one VIP decide which of them holds it (spec.ha of the VIP's
-    oldest owner; the others are told if they disagree). `group` names the election: the Lease (in the operator's namespace) or
-    the keepalived vrrp_instance."""
+    oldest owner; the others are told if they disagree). `group` names the election: the
+    Lease (in the operator's namespace) or the keepalived vrrp_instance."""
 
     mode: str  # "Lease" | "VRRP"
     group: str

@@ -15,19 +15,17 @@ the scraper asks for it) of the registry the process passes in.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.server
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-
-if TYPE_CHECKING:  # the agent has no event loop: asyncio is the operator's import only
-    import asyncio
 
 __all__ = ["Check", "HealthServer", "LoopWatch", "PassWatch", "address_arg", "parse_address"]
 
@@ -176,14 +174,10 @@ class LoopWatch:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        import asyncio
-
         self.beat = self._clock()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-watch")
 
     async def _run(self) -> None:
-        import asyncio
-
         while True:
             self.beat = self._clock()
             await asyncio.sleep(self.period)

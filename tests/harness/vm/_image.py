@@ -432,4 +432,3 @@ def byte_compile_project() -> None:
     for folder in ("operator", "tests", "bench"):
         if (_REPO / folder).is_dir():
             compileall.compile_dir(_REPO / folder, quiet=1)
-

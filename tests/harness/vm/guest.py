@@ -35,8 +35,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ._image import byte_compile_project, prepare
 from ._image import log as harness_log
+from ._image import prepare
 from ._run import FORWARD_ADDR, VmRun
 from ._run import run as run_vm
 
@@ -122,7 +122,6 @@ class GuestVM:
         if self._thread is not None:
             return self
         prepare()
-        byte_compile_project()
         t0 = time.monotonic()
         self._workdir = Path(tempfile.mkdtemp(prefix="lvs-guest-"))
         self.console_log = self._workdir / "console.log"
