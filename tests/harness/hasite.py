@@ -19,6 +19,7 @@ import signal
 import sys
 from typing import Any
 
+from lvs_operator.compiler.fragment import ha_group_name
 from tests.harness.controlplane import LocalControlPlane
 from tests.harness.lvs_install import SYSTEM_NS, agent_argv
 from tests.harness.vm import GuestVM
@@ -85,8 +86,8 @@ class Site:
         return f"-A -t {VIP}:7000 -s rr" in out.splitlines()
 
     def lease_holder(self) -> str:
-        lease = json.loads(self.kubectl("get", "lease", f"lvs-ha-g-{GROUP}", "-n", SYSTEM_NS,
-                                        "-o", "json"))
+        lease = json.loads(self.kubectl("get", "lease", ha_group_name(VIP, GROUP), "-n",
+                                        SYSTEM_NS, "-o", "json"))
         return str(lease["spec"].get("holderIdentity") or "")
 
     def witnesses(self) -> dict[str, int]:

@@ -33,7 +33,7 @@ from .fragment import (
     compile_virtual_service,
     describe_ha,
     digest_endpoint_slice,
-    ha_lease_name,
+    named_ha_group,
 )
 from .nodeplan import NodeAggregate
 from .plan import (
@@ -388,15 +388,16 @@ def _shared_keys(frag: Fragment) -> list[tuple[str, str]]:
     if frag.vip is None:
         return []
     keys = [("vip", frag.vip.address)]
-    if frag.vip.ha is not None and frag.vip.ha.group != ha_lease_name(frag.vip.address):
+    if frag.vip.ha is not None and named_ha_group(frag.vip.ha):
         keys.append(("group", frag.vip.ha.group))
     return keys
 
 
-def _oldest_first(frags: list[Fragment]) -> list[tuple[VIPAddress, Fragment, VIPAddress]]:
-    """(the oldest one's VIP entry, another, its VIP entry) for each younger fragment."""
+def _younger(frags: list[Fragment]) -> list[tuple[Fragment, VIPAddress, Fragment, VIPAddress]]:
+    """(the oldest fragment, its VIP entry, a younger one, its VIP entry) for each younger
+    fragment with a VIP."""
     ordered = sorted((f for f in frags if f.vip is not None), key=lambda f: f.order)
-    return [(ordered[0].vip, f, f.vip) for f in ordered[1:]
+    return [(ordered[0], ordered[0].vip, f, f.vip) for f in ordered[1:]
             if ordered[0].vip is not None and f.vip is not None]
 
 
@@ -408,13 +409,11 @@ def _group_disagreements(frags: list[Fragment]) -> Iterator[Issue]:
     """Members of one named spec.ha.group share one Lease (or vrrp_instance): the same
     settings, and the same directors, or a VIP on a director the holder is not has no holder.
     Members sharing the oldest one's VIP are the VIP check's to judge."""
-    members = [f for f in frags if f.vip is not None and f.vip.ha is not None]
-    first = min(members, key=lambda f: f.order, default=None)
-    for vip, other, own in _oldest_first(members):
-        assert first is not None and vip.ha is not None
-        name = vip.ha.group.removeprefix("lvs-ha-g-")
+    for first, vip, other, own in _younger(frags):
+        assert vip.ha is not None
         if own.address == vip.address:
             continue
+        name = named_ha_group(vip.ha)
         if own.ha != vip.ha:
             yield _warning(other, "HAMismatch", "spec.ha",
                            f"HA group {name} is also {first.ref} (older, VIP {vip.address}), "
@@ -436,9 +435,7 @@ def _vip_disagreements(frags: list[Fragment]) -> Iterator[Issue]:
     asks otherwise than the oldest is told so. Where both are programmed on one director the
     oldest one's settings are used (NodeAggregate), so the younger is Degraded, not refused:
     editing one object must not take another's service off the kernel."""
-    first = min((f for f in frags if f.vip is not None), key=lambda f: f.order, default=None)
-    for vip, other, own in _oldest_first(frags):
-        assert first is not None
+    for first, vip, other, own in _younger(frags):
         shared = f"VIP {vip.address} is shared with {first.ref} (older), which"
         if own.ha != vip.ha:
             yield _warning(other, "HAMismatch", "spec.ha",

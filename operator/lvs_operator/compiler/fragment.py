@@ -57,6 +57,7 @@ __all__ = [
     "describe_ha",
     "digest_endpoint_slice",
     "ha_group_name",
+    "named_ha_group",
 ]
 
 # Kernel flag bit order (IP_VS_SVC_F_SCHED1/2): ipvsadm prints them in this order.
@@ -600,11 +601,19 @@ def ha_lease_name(vip: str) -> str:
     return f"lvs-ha-{text}"
 
 
+_NAMED_GROUP = "lvs-ha-g-"
+
+
 def ha_group_name(vip: str, group: str | None) -> str:
     """The HA group a VIP is in, which is also its Lease's name: `lvs-ha-g-<group>` for a
     named spec.ha.group (cluster-wide: VirtualServices in any namespace naming it fail over
     together), else the VIP's own group (`ha_lease_name`)."""
-    return f"lvs-ha-g-{group}" if group else ha_lease_name(vip)
+    return f"{_NAMED_GROUP}{group}" if group else ha_lease_name(vip)
+
+
+def named_ha_group(ha: HighAvailabilityPlan) -> str:
+    """The spec.ha.group a plan's HA group came from; "" for a VIP's own group."""
+    return ha.group.removeprefix(_NAMED_GROUP) if ha.group.startswith(_NAMED_GROUP) else ""
 
 
 def describe_ha(ha: HighAvailabilityPlan | None) -> str:
@@ -626,7 +635,7 @@ def describe_ha(ha: HighAvailabilityPlan | None) -> str:
     sync = "off"
     if ha.sync:
         sync = f"syncID {ha.sync_id}" + (f" on {ha.sync_interface}" if ha.sync_interface else "")
-    group = ha.group.removeprefix("lvs-ha-g-") if ha.group.startswith("lvs-ha-g-") else ""
+    group = named_ha_group(ha)
     named = f", group: {group}" if group else ""
     return f"{{mode: {ha.mode}{named}, {detail}, connectionSync: {sync}}}"
 
